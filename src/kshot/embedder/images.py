@@ -1,0 +1,95 @@
+"""Reading real-world image files into PIL images of a fixed mode.
+
+Handles what users actually send: EXIF-rotated phone photos, grey, palette, RGBA, 16-bit and CMYK
+files, and refuses what is not an image, is truncated, or would blow up memory when decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from kshot.errors import InputError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+# 150 megapixels: above the largest phone sensors (108 MP), far below what would exhaust memory.
+MAX_PIXELS = 150_000_000
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    image: Image.Image
+    sha256: str | None
+
+
+def read_image(path: str | Path, min_side: int, channels: int, digest: bool = False) -> LoadedImage:
+    """Decode ``path`` into an ``L`` (channels=1) or ``RGB`` (channels=3) image, upright.
+
+    JPEGs are decoded at the smallest DCT scale whose sides are still at least ``min_side``
+    (PIL's ``draft``): a 12-megapixel photo bound for a 256-pixel resize is decoded at 1/8 scale.
+    Raises :class:`InputError` naming the file and the reason.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "is a directory, expected an image file")
+    data = path.read_bytes()
+    if not data:
+        raise InputError(path, "empty file (0 bytes)")
+    sha = hashlib.sha256(data).hexdigest() if digest else None
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit below replaces PIL's warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise InputError(
+                    path,
+                    f"refused as a possible decompression bomb: {width}x{height} pixels "
+                    f"is over the limit of {MAX_PIXELS:,}",
+                )
+            img.draft(None, (min_side, min_side))
+            img.load()
+    except InputError:
+        raise
+    except UnidentifiedImageError:
+        raise InputError(path, "not an image file that can be decoded") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(path, f"refused as a possible decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(path, f"cannot decode image: {exc}") from None
+    return LoadedImage(_to_mode(ImageOps.exif_transpose(img), channels), sha)
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any PIL mode to ``L`` or ``RGB``: deep images are rescaled, alpha goes on white."""
+    target = "L" if channels == 1 else "RGB"
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode != "F" and values.max(initial=0) > 255 else 255.0
+        if img.mode == "F" and values.max(initial=0) <= 1.0:
+            top = 1.0
+        img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info
+    ):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img if img.mode == target else img.convert(target)
+
+
+def list_images(directory: Path) -> list[Path]:
+    """Image files directly in ``directory`` (by suffix, case-insensitive), sorted by name."""
+    return sorted(
+        p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )

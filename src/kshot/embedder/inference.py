@@ -1,0 +1,99 @@
+"""Embedding image files in batches: bad files are reported, good ones go on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kshot.embedder.images import read_image
+from kshot.embedder.model import Embedder
+from kshot.embedder.runtime import tune_allocator
+from kshot.errors import InputError
+
+
+@dataclass
+class Embedded:
+    """The result of embedding a list of files.
+
+    ``vectors[j]`` is the embedding of ``paths[indices[j]]``; ``errors`` holds ``(i, error)``
+    for each file ``paths[i]`` that could not be read.
+    """
+
+    vectors: np.ndarray
+    indices: list[int] = field(default_factory=list)
+    sha256: list[str | None] = field(default_factory=list)
+    errors: list[tuple[int, InputError]] = field(default_factory=list)
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, paths: Sequence[Path], embedder: Embedder, digest: bool):
+        self.paths = list(paths)
+        self.config = embedder.config.preprocess
+        self.transform = self.config.transform()
+        self.digest = digest
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            loaded = read_image(
+                self.paths[i], self.config.resize_size, self.config.channels, self.digest
+            )
+        except InputError as exc:
+            return i, None, None, exc
+        return i, self.transform(loaded.image), loaded.sha256, None
+
+
+def _collate(items):
+    good = [item for item in items if item[3] is None]
+    batch = torch.stack([item[1] for item in good]) if good else None
+    errors = [(item[0], item[3]) for item in items if item[3] is not None]
+    return [item[0] for item in good], batch, [item[2] for item in good], errors
+
+
+@torch.inference_mode()
+def embed_batch(embedder: Embedder, images: torch.Tensor) -> np.ndarray:
+    """``(N, C, H, W)`` preprocessed images -> ``(N, D)`` float32 unit vectors."""
+    device = next(embedder.parameters()).device
+    return embedder(images.to(device)).float().cpu().numpy()
+
+
+def embed_files(
+    embedder: Embedder,
+    paths: Sequence[str | Path],
+    batch_size: int = 32,
+    workers: int = 0,
+    digest: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> Embedded:
+    """Embed ``paths`` with ``embedder`` (in eval mode); ``digest`` adds each file's SHA-256.
+
+    ``workers`` > 0 decodes in that many background processes while the model runs.
+    ``on_progress(n)`` is called after each batch with the number of files it held.
+    """
+    tune_allocator()
+    embedder.eval()
+    loader = DataLoader(
+        _ImageFiles([Path(p) for p in paths], embedder, digest),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
+    result = Embedded(np.zeros((0, embedder.embedding_dim), dtype=np.float32))
+    chunks = [result.vectors]
+    for indices, batch, shas, errors in loader:
+        if batch is not None:
+            chunks.append(embed_batch(embedder, batch))
+            result.indices += indices
+            result.sha256 += shas
+        result.errors += errors
+        if on_progress is not None:
+            on_progress(len(indices) + len(errors))
+    result.vectors = np.concatenate(chunks)
+    return result

@@ -1,0 +1,92 @@
+"""The embedder: backbone features -> optional projection head -> L2 normalisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kshot.embedder.backbones import build_backbone, get_backbone
+from kshot.embedder.preprocess import PreprocessConfig
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """Everything needed to rebuild an embedder's architecture; saved in every checkpoint.
+
+    ``embedding_dim=None`` means no head: the embedding is the backbone's pooled features, which is
+    what an untrained embedder must use (a random projection would only scramble them).
+    ``head_hidden`` adds a hidden layer (Linear -> ReLU -> Dropout -> Linear).
+    """
+
+    backbone: str
+    preprocess: PreprocessConfig
+    embedding_dim: int | None = None
+    head_hidden: int | None = None
+    dropout: float = 0.2
+
+    def to_dict(self) -> dict:
+        return {
+            "backbone": self.backbone,
+            "preprocess": self.preprocess.to_dict(),
+            "embedding_dim": self.embedding_dim,
+            "head_hidden": self.head_hidden,
+            "dropout": self.dropout,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EmbedderConfig:
+        return cls(
+            backbone=data["backbone"],
+            preprocess=PreprocessConfig.from_dict(data["preprocess"]),
+            embedding_dim=data["embedding_dim"],
+            head_hidden=data["head_hidden"],
+            dropout=data["dropout"],
+        )
+
+    @classmethod
+    def for_backbone(cls, backbone: str, **overrides) -> EmbedderConfig:
+        """The config of ``backbone`` with its default preprocessing."""
+        return cls(backbone, get_backbone(backbone).default_preprocess(), **overrides)
+
+
+def _head(feature_dim: int, config: EmbedderConfig) -> nn.Module:
+    if config.embedding_dim is None:
+        return nn.Identity()
+    if config.head_hidden is None:
+        return nn.Linear(feature_dim, config.embedding_dim)
+    return nn.Sequential(
+        nn.Linear(feature_dim, config.head_hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(config.dropout),
+        nn.Linear(config.head_hidden, config.embedding_dim),
+    )
+
+
+class Embedder(nn.Module):
+    """``(N, C, H, W)`` preprocessed images -> ``(N, D)`` unit-length embeddings."""
+
+    def __init__(self, config: EmbedderConfig, backbone: nn.Module):
+        super().__init__()
+        self.config = config
+        self.feature_dim = get_backbone(config.backbone).feature_dim(config.preprocess)
+        self.backbone = backbone
+        self.head = _head(self.feature_dim, config)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.embedding_dim or self.feature_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.backbone(images)), dim=1)
+
+
+def build_embedder(
+    config: EmbedderConfig, pretrained: bool = True, weights_file: Path | None = None
+) -> Embedder:
+    """A new embedder; its backbone has ImageNet weights if ``pretrained`` (or ``weights_file``)."""
+    backbone = build_backbone(config.backbone, config.preprocess, pretrained, weights_file)
+    return Embedder(config, backbone)

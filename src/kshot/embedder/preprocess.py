@@ -1,0 +1,117 @@
+"""Preprocessing configuration: what a backbone expects, carried inside every checkpoint.
+
+Like timm's ``pretrained_cfg``, the config travels with the weights, so an embedder loaded from a
+checkpoint always sees images prepared the way it was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+from kshot.embedder.images import read_image
+from kshot.errors import InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image file becomes a ``(channels, input_size, input_size)`` float tensor.
+
+    The image's shorter side is resized to ``resize_size``, the centre ``input_size`` square is
+    cropped, and each channel is normalised with ``mean``/``std`` (on the 0..1 scale).
+    """
+
+    input_size: int
+    resize_size: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    channels: int = 3
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, not {self.channels}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError("mean and std need one value per channel")
+        if self.resize_size < self.input_size:
+            raise ValueError("resize_size must be at least input_size")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessConfig:
+        data = dict(data)
+        data["mean"] = tuple(data["mean"])
+        data["std"] = tuple(data["std"])
+        return cls(**data)
+
+    def with_normalization(self, mean: Sequence[float], std: Sequence[float]) -> PreprocessConfig:
+        return PreprocessConfig(
+            self.input_size,
+            self.resize_size,
+            tuple(float(m) for m in mean),
+            tuple(float(s) for s in std),
+            self.channels,
+            self.interpolation,
+        )
+
+    def geometry(self) -> Callable:
+        """PIL image -> uint8 tensor ``(C, input_size, input_size)``, before normalisation."""
+        return v2.Compose(
+            [
+                v2.Resize(self.resize_size, InterpolationMode(self.interpolation), antialias=True),
+                v2.CenterCrop(self.input_size),
+                v2.PILToTensor(),
+            ]
+        )
+
+    def transform(self) -> Callable:
+        """PIL image -> normalised float tensor ``(C, input_size, input_size)``."""
+        return v2.Compose(
+            [
+                self.geometry(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def load(self, path: str | Path) -> torch.Tensor:
+        """Read, decode and prepare one image file; raises ``InputError`` if it is unusable."""
+        return self.transform()(read_image(path, self.resize_size, self.channels).image)
+
+
+def dataset_mean_std(
+    config: PreprocessConfig, paths: Sequence[Path]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (0..1 scale) of ``paths`` after resize and crop.
+
+    For ``--normalization dataset``: images far from ImageNet's statistics (leaves on grey, ink on
+    paper) are normalised with their own. Unreadable files are skipped.
+    """
+    geometry = config.geometry()
+    total = np.zeros(config.channels)
+    total_sq = np.zeros(config.channels)
+    count = 0
+    for path in paths:
+        try:
+            image = read_image(path, config.resize_size, config.channels).image
+        except InputError:
+            continue
+        pixels = geometry(image).reshape(config.channels, -1).double().numpy() / 255.0
+        total += pixels.sum(axis=1)
+        total_sq += (pixels**2).sum(axis=1)
+        count += pixels.shape[1]
+    if count == 0:
+        raise ValueError("no readable image to measure normalisation statistics on")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return tuple(mean.tolist()), tuple(std.tolist())

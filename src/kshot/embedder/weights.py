@@ -1,0 +1,44 @@
+"""Loading pretrained weights: torchvision's weights API (downloaded once, then cached) or a file.
+
+Files are untrusted data: they are read with ``weights_only=True``, which refuses pickled code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kshot.errors import KshotError
+
+
+def load_state_dict_file(path: Path) -> dict:
+    """A state dict from ``path`` (a bare state dict, or one under a ``state_dict`` key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise KshotError(f"{path}: no such weights file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise KshotError(f"{path}: not a loadable weights file ({exc})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise KshotError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def torchvision_state_dict(name: str, weights) -> dict:
+    """The state dict of torchvision ``weights``, from torch's cache or downloaded into it."""
+    try:
+        return torch.hub.load_state_dict_from_url(
+            weights.url, progress=True, check_hash=True, weights_only=True
+        )
+    except OSError as exc:  # URLError and socket errors are OSErrors
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise KshotError(
+            f"cannot download the ImageNet weights of {name} ({exc}). Offline? Either run the "
+            f"same command once on a connected machine and copy {cache} to this machine's same "
+            f"path, or download {weights.url} and pass it with --weights FILE, or use "
+            f"--backbone efficientnet_lite0, whose weights come installed"
+        ) from None

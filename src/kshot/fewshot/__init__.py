@@ -1,0 +1,1 @@
+"""Few-shot classification over a library of enrolled images: catalogue, decisions, episodes."""

@@ -1,0 +1,30 @@
+"""Class labels: any Unicode text a person would type, but one line of it."""
+
+from __future__ import annotations
+
+import unicodedata
+
+UNKNOWN = "unknown"  # the answer when nothing is similar enough; so it cannot be a class
+MAX_LABEL_LENGTH = 200
+
+
+def check_label(label: str) -> str:
+    """``label`` in Unicode NFC form, or ``ValueError`` saying why it cannot be a class label.
+
+    Tabs, newlines and other control characters are refused: they break every line-based format
+    a label ends up in (terminal tables, TSV metadata, CSV files).
+    """
+    label = unicodedata.normalize("NFC", label)
+    if not label.strip():
+        raise ValueError("label is empty")
+    if label != label.strip():
+        raise ValueError(f"label {label!r} starts or ends with white space")
+    for char in label:
+        if unicodedata.category(char).startswith("C"):
+            name = unicodedata.name(char, f"U+{ord(char):04X}")
+            raise ValueError(f"label {label!r} contains a control character ({name})")
+    if label.casefold() == UNKNOWN:
+        raise ValueError(f"{label!r} is reserved for queries that match no class")
+    if len(label) > MAX_LABEL_LENGTH:
+        raise ValueError(f"label is longer than {MAX_LABEL_LENGTH} characters")
+    return label
