@@ -93,3 +93,10 @@ def list_images(directory: Path) -> list[Path]:
     return sorted(
         p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
+
+
+def class_folders(root: Path) -> list[tuple[Path, list[Path]]]:
+    """``(folder, images)`` for each sub-folder of ``root``, sorted: one sub-folder per class."""
+    return [
+        (folder, list_images(folder)) for folder in sorted(p for p in root.iterdir() if p.is_dir())
+    ]

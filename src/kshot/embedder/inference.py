@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kshot.embedder.images import read_image
 from kshot.embedder.model import Embedder
+from kshot.embedder.preprocess import PreprocessConfig
 from kshot.embedder.runtime import tune_allocator
 from kshot.errors import InputError
 
@@ -31,10 +32,10 @@ class Embedded:
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[Path], embedder: Embedder, digest: bool):
+    def __init__(self, paths: Sequence[Path], config: PreprocessConfig, digest: bool):
         self.paths = list(paths)
-        self.config = embedder.config.preprocess
-        self.transform = self.config.transform()
+        self.config = config
+        self.transform = config.transform()
         self.digest = digest
 
     def __len__(self) -> int:
@@ -55,6 +56,36 @@ def _collate(items):
     batch = torch.stack([item[1] for item in good]) if good else None
     errors = [(item[0], item[3]) for item in items if item[3] is not None]
     return [item[0] for item in good], batch, [item[2] for item in good], errors
+
+
+def _batches(
+    paths: Sequence[str | Path],
+    config: PreprocessConfig,
+    batch_size: int,
+    workers: int,
+    digest: bool,
+) -> DataLoader:
+    """Batches of ``(indices, images (B, C, H, W) or None, sha256s, [(index, InputError)])``."""
+    return DataLoader(
+        _ImageFiles([Path(p) for p in paths], config, digest),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
+
+
+def load_tensors(
+    config: PreprocessConfig, paths: Sequence[str | Path], workers: int = 0
+) -> tuple[torch.Tensor, list[int], list[tuple[int, InputError]]]:
+    """Decode and prepare ``paths``: ``(images (n, C, H, W), indices kept, errors)``."""
+    chunks, kept, failed = [], [], []
+    for indices, batch, _, errors in _batches(paths, config, 256, workers, False):
+        if batch is not None:
+            chunks.append(batch)
+            kept += indices
+        failed += errors
+    size = (0, config.channels, config.input_size, config.input_size)
+    return (torch.cat(chunks) if chunks else torch.zeros(size)), kept, failed
 
 
 @torch.inference_mode()
@@ -79,15 +110,10 @@ def embed_files(
     """
     tune_allocator()
     embedder.eval()
-    loader = DataLoader(
-        _ImageFiles([Path(p) for p in paths], embedder, digest),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-    )
     result = Embedded(np.zeros((0, embedder.embedding_dim), dtype=np.float32))
     chunks = [result.vectors]
-    for indices, batch, shas, errors in loader:
+    batches = _batches(paths, embedder.config.preprocess, batch_size, workers, digest)
+    for indices, batch, shas, errors in batches:
         if batch is not None:
             chunks.append(embed_batch(embedder, batch))
             result.indices += indices

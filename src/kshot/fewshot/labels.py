@@ -6,6 +6,7 @@ import unicodedata
 
 UNKNOWN = "unknown"  # the answer when nothing is similar enough; so it cannot be a class
 MAX_LABEL_LENGTH = 200
+_CONTROL_NAMES = {"\t": "a tab", "\n": "a newline", "\r": "a carriage return"}
 
 
 def check_label(label: str) -> str:
@@ -21,8 +22,8 @@ def check_label(label: str) -> str:
         raise ValueError(f"label {label!r} starts or ends with white space")
     for char in label:
         if unicodedata.category(char).startswith("C"):
-            name = unicodedata.name(char, f"U+{ord(char):04X}")
-            raise ValueError(f"label {label!r} contains a control character ({name})")
+            name = _CONTROL_NAMES.get(char, f"control character U+{ord(char):04X}")
+            raise ValueError(f"label {label!r} contains {name}")
     if label.casefold() == UNKNOWN:
         raise ValueError(f"{label!r} is reserved for queries that match no class")
     if len(label) > MAX_LABEL_LENGTH:

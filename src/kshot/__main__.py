@@ -1,0 +1,3 @@
+from kshot.cli.app import main
+
+main()

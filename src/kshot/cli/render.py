@@ -1,0 +1,75 @@
+"""What the commands print: JSON for scripts (one object per line), plain lines for people."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import typer
+
+from kshot.cli.console import say
+
+
+def _json_line(data: dict) -> None:
+    typer.echo(json.dumps(data, ensure_ascii=False))
+
+
+def query_results(results: Sequence, as_json: bool) -> None:
+    """One line per image. JSON fields: ``image`` (as given), then either ``label``, ``score``
+    and ``top_k`` (a list of ``{"label", "score"}``), or ``error``."""
+    for result in results:
+        if result.error is not None:
+            if as_json:
+                _json_line({"image": result.image, "error": result.error.reason})
+            else:
+                say(f"kshot: {result.error}")
+            continue
+        decision = result.decision
+        if as_json:
+            top = [{"label": label, "score": round(score, 6)} for label, score in decision.top_k]
+            _json_line(
+                {
+                    "image": result.image,
+                    "label": decision.label,
+                    "score": round(decision.score, 6),
+                    "top_k": top,
+                }
+            )
+        else:
+            others = ", ".join(f"{label} {score:.3f}" for label, score in decision.top_k[1:])
+            line = f"{result.image}\t{decision.label}\t{decision.score:.3f}"
+            typer.echo(line + (f"\t(then: {others})" if others else ""))
+
+
+def enroll_report(report, as_json: bool) -> None:
+    if as_json:
+        _json_line(
+            {
+                "added": [{"image": image, "label": label} for image, label in report.added],
+                "duplicates": [
+                    {"image": image, "label": label} for image, label in report.duplicates
+                ],
+                "errors": [{"image": e.source, "error": e.reason} for e in report.errors],
+            }
+        )
+        return
+    for error in report.errors:
+        say(f"kshot: {error}")
+    labels = sorted({label for _, label in report.added})
+    typer.echo(
+        f"enrolled {len(report.added)} image(s) in {len(labels)} class(es)"
+        + (f"; {len(report.duplicates)} already enrolled" if report.duplicates else "")
+        + (f"; {len(report.errors)} failed" if report.errors else "")
+    )
+
+
+def class_counts(counts: Sequence[tuple[str, int]], as_json: bool) -> None:
+    if as_json:
+        for label, count in counts:
+            _json_line({"label": label, "images": count})
+        return
+    if not counts:
+        say("no classes enrolled yet")
+    width = max((len(label) for label, _ in counts), default=0)
+    for label, count in counts:
+        typer.echo(f"{label:<{width}}  {count}")
