@@ -106,9 +106,10 @@ def init(
     device: Device = "auto",
 ):
     """Create an empty library bound to one model."""
-    from kshot.fewshot.library import Library
+    from kshot.fewshot.library import Library, check_new_library_path
     from kshot.index.vector_index import IndexSpec
 
+    check_new_library_path(library)
     embedder, info = _embedder_from(model, backbone, weights, pretrained)
     Library.create(library, embedder, info, IndexSpec(kind=index.value), device=device)
     say(f"created library {library} ({embedder.embedding_dim}-d embeddings, {index.value} index)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -15,11 +14,18 @@ EXIT_FAILED = 1
 EXIT_SOME_INPUTS_FAILED = 3
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (test runners swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(self.format(record), err=True)
+
+
 def setup_logging() -> None:
     """kshot's notices (one line each, e.g. an index rebuilt) go to stderr."""
     logger = logging.getLogger("kshot")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("kshot: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -11,7 +11,7 @@ from kshot.embedder.checkpoint import save_checkpoint
 from kshot.embedder.images import class_folders
 from kshot.embedder.model import EmbedderConfig, build_embedder
 from kshot.embedder.preprocess import IMAGENET_MEAN, IMAGENET_STD, dataset_mean_std
-from kshot.embedder.training import EpochStats, TrainConfig, train_embedder
+from kshot.embedder.training import EpochStats, TrainConfig, seed_everything, train_embedder
 from kshot.errors import KshotError
 
 
@@ -65,8 +65,9 @@ def train_from_folder(
     labels = [code for code, (_, found) in enumerate(folders) for _ in found]
     config = _config(backbone, embedding_dim, image_size, channels, normalization, images)
     pretrained = pretrained and get_backbone(backbone).pretrained is not None
-    embedder = build_embedder(config, pretrained=pretrained, weights_file=weights)
     train_config = TrainConfig(**train_options)
+    seed_everything(train_config.seed)  # the new layers' initial weights too
+    embedder = build_embedder(config, pretrained=pretrained, weights_file=weights)
     say(f"training {backbone} on {len(images)} images of {len(folders)} classes")
 
     def report(stats: EpochStats) -> None:

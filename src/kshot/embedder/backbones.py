@@ -153,7 +153,10 @@ def build_backbone(
         state = load_state_dict_file(weights_file)
     elif pretrained:
         if spec.pretrained is None:
-            raise KshotError(f"{name} has no pretrained weights: it is trained from scratch")
+            raise KshotError(
+                f"{name} has no pretrained weights: it is trained from scratch "
+                "(kshot train), or use --no-pretrained for random weights"
+            )
         state = spec.pretrained()
     else:
         state = None

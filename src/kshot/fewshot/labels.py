@@ -25,7 +25,7 @@ def check_label(label: str) -> str:
             name = _CONTROL_NAMES.get(char, f"control character U+{ord(char):04X}")
             raise ValueError(f"label {label!r} contains {name}")
     if label.casefold() == UNKNOWN:
-        raise ValueError(f"{label!r} is reserved for queries that match no class")
+        raise ValueError(f"label {label!r} is reserved for queries that match no class")
     if len(label) > MAX_LABEL_LENGTH:
         raise ValueError(f"label is longer than {MAX_LABEL_LENGTH} characters")
     return label

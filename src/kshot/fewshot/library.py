@@ -94,6 +94,14 @@ class Manifest:
             raise KshotError(f"{path}: damaged library manifest ({exc})") from None
 
 
+def check_new_library_path(root: Path) -> Path:
+    """``root`` if a new library can be made there (absent, or an empty directory)."""
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise KshotError(f"{root} already exists and is not an empty directory")
+    return root
+
+
 class Library:
     """Open with :meth:`open`, make with :meth:`create`."""
 
@@ -107,9 +115,7 @@ class Library:
     def create(
         cls, root: Path, embedder: Embedder, info: dict, spec: IndexSpec, device: str = "auto"
     ) -> Library:
-        root = Path(root)
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise KshotError(f"{root} already exists and is not an empty directory")
+        root = check_new_library_path(root)
         root.mkdir(parents=True, exist_ok=True)
         digest = save_checkpoint(embedder, root / MODEL, info)
         manifest = Manifest(digest, embedder.embedding_dim, spec)
