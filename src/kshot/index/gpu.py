@@ -10,9 +10,28 @@ import faiss
 log = logging.getLogger("kshot")
 
 
+def installed_faiss_builds() -> list[str]:
+    """Which of the PyPI distributions faiss-cpu and faiss-gpu are installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("faiss-cpu", "faiss-gpu"):
+        try:
+            version(name)
+            found.append(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
 @functools.cache
 def gpu_resources():
     """FAISS GPU resources, or ``None`` with this FAISS build or machine (faiss-cpu, no GPU)."""
+    if len(installed_faiss_builds()) > 1:
+        log.warning(
+            "both faiss-cpu and faiss-gpu are installed and overwrite each other's module "
+            "`faiss`: uninstall both, then install kshot[cpu] or kshot[gpu] alone"
+        )
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
         return None
     return faiss.StandardGpuResources()
