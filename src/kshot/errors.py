@@ -16,3 +16,6 @@ class InputError(KshotError):
         self.source = str(source)
         self.reason = reason
         super().__init__(f"{self.source}: {reason}")
+
+    def __reduce__(self):  # rebuilt from both fields when sent from a worker process
+        return (type(self), (self.source, self.reason))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,15 @@ def read_image(path: str | Path, min_side: int, channels: int, digest: bool = Fa
         raise InputError(path, f"refused as a possible decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(path, f"cannot decode image: {exc}") from None
-    return LoadedImage(_to_mode(ImageOps.exif_transpose(img), channels), sha)
+    return LoadedImage(_to_mode(_upright(img), channels), sha)
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation says; as it is when that EXIF is malformed."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except (SyntaxError, ValueError, TypeError, KeyError, OSError, struct.error):
+        return img
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
@@ -75,9 +84,13 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     target = "L" if channels == 1 else "RGB"
     if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         values = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode != "F" and values.max(initial=0) > 255 else 255.0
-        if img.mode == "F" and values.max(initial=0) <= 1.0:
-            top = 1.0
+        peak = values.max(initial=0)
+        if img.mode.startswith("I;16"):
+            top = 65535.0
+        elif img.mode == "F":
+            top = 1.0 if peak <= 1.0 else 255.0
+        else:  # 32-bit "I": PIL's mode for 16-bit PNGs, among others
+            top = 65535.0 if peak > 255 else 255.0
         img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         img.mode == "P" and "transparency" in img.info

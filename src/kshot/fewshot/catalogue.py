@@ -108,6 +108,10 @@ class Catalogue:
     def class_counts(self) -> list[tuple[str, int]]:
         return self._query("SELECT label, COUNT(*) FROM images GROUP BY label ORDER BY label")
 
+    def version(self) -> int:
+        """Changes whenever another connection (another process) commits a change."""
+        return self._query("PRAGMA data_version")[0][0]
+
     def __len__(self) -> int:
         return self._query("SELECT COUNT(*) FROM images")[0][0]
 
@@ -129,6 +133,10 @@ class Catalogue:
     def entries(self) -> Entries:
         rows = self._query("SELECT id, label, vector FROM images ORDER BY id")
         vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32)
+        if vectors.size != len(rows) * self.dim:
+            raise KshotError(
+                f"{self.path}: its embeddings do not have the library's {self.dim} dimensions"
+            )
         return Entries(
             ids=np.array([r[0] for r in rows], dtype=np.int64),
             labels=[r[1] for r in rows],

@@ -7,13 +7,18 @@ import unicodedata
 UNKNOWN = "unknown"  # the answer when nothing is similar enough; so it cannot be a class
 MAX_LABEL_LENGTH = 200
 _CONTROL_NAMES = {"\t": "a tab", "\n": "a newline", "\r": "a carriage return"}
+# Refused: control characters (Cc), surrogates (Cs), line and paragraph separators (Zl, Zp), and
+# the bidirectional embeddings, overrides and isolates, which reorder the text around a label.
+# Other format characters stay allowed: zero-width joiners build emoji and Indic and Persian words.
+_REFUSED_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def check_label(label: str) -> str:
     """``label`` in Unicode NFC form, or ``ValueError`` saying why it cannot be a class label.
 
-    Tabs, newlines and other control characters are refused: they break every line-based format
-    a label ends up in (terminal tables, TSV metadata, CSV files).
+    Tabs, newlines, other control characters and line separators are refused: they break every
+    line-based format a label ends up in (terminal tables, TSV metadata, CSV files).
     """
     label = unicodedata.normalize("NFC", label)
     if not label.strip():
@@ -21,7 +26,7 @@ def check_label(label: str) -> str:
     if label != label.strip():
         raise ValueError(f"label {label!r} starts or ends with white space")
     for char in label:
-        if unicodedata.category(char).startswith("C"):
+        if unicodedata.category(char) in _REFUSED_CATEGORIES or char in _BIDI_CONTROLS:
             name = _CONTROL_NAMES.get(char, f"control character U+{ord(char):04X}")
             raise ValueError(f"label {label!r} contains {name}")
     if label.casefold() == UNKNOWN:

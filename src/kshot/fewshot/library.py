@@ -110,6 +110,8 @@ class Library:
         self.manifest = manifest
         self.device = resolve_device(device)
         self.catalogue = Catalogue(root / CATALOGUE, manifest.embedding_dim)
+        self._derived: dict[str, object] = {}  # index, class counts, prototypes
+        self._derived_version = self.catalogue.version()
 
     @classmethod
     def create(
@@ -148,11 +150,27 @@ class Library:
                 f"{self.root / MODEL} is not the model this library was built with "
                 "(its content hash differs from the manifest's): it was replaced or edited"
             )
+        if embedder.embedding_dim != self.manifest.embedding_dim:
+            raise KshotError(
+                f"{self.root / MANIFEST}: damaged library manifest (embedding_dim "
+                f"{self.manifest.embedding_dim}, but the model embeds in {embedder.embedding_dim})"
+            )
         return embedder.to(self.device)
 
-    @functools.cached_property
+    def _cached(self, name: str, build: Callable[[], object]):
+        """Derived state, built once and dropped when the catalogue changes (a change by another
+        process included: SQLite's data_version tells)."""
+        version = self.catalogue.version()
+        if version != self._derived_version:
+            self._derived.clear()
+            self._derived_version = version
+        if name not in self._derived:
+            self._derived[name] = build()
+        return self._derived[name]
+
+    @property
     def index(self) -> VectorIndex:
-        return self._load_index()
+        return self._cached("index", self._load_index)
 
     def _load_index(self) -> VectorIndex:
         """The saved index if it holds exactly the catalogue's ids, else one rebuilt from it."""
@@ -180,16 +198,18 @@ class Library:
                 import fcntl
 
                 fcntl.flock(lock, fcntl.LOCK_EX)
-            self.__dict__["index"] = index = self._load_index()  # another process may have written
-            self.__dict__.pop("_prototypes", None)
+            index = self._load_index()  # another process may have written since
             yield index
             index.save(self.root / INDEX)
+            self._derived = {"index": index}
 
     def enroll(
         self, items: Sequence[tuple[Path, str]], on_progress: Progress | None = None
     ) -> EnrollReport:
-        """Embed and store ``(image, label)`` pairs; unreadable images are reported, not fatal."""
+        """Embed and store ``(image, label)`` pairs; unreadable images and labels that cannot be
+        classes are reported, not fatal."""
         report = EnrollReport()
+        items = self._checked_labels(items, report)
         paths = [Path(p) for p, _ in items]
         embedded = embed_files(self.embedder, paths, digest=True, on_progress=on_progress)
         report.errors += [error for _, error in embedded.errors]
@@ -208,6 +228,18 @@ class Library:
             (report.added if new_id is not None else report.duplicates).append(pair)
         return report
 
+    @staticmethod
+    def _checked_labels(
+        items: Sequence[tuple[Path, str]], report: EnrollReport
+    ) -> list[tuple[Path, str]]:
+        kept = []
+        for path, label in items:
+            try:
+                kept.append((path, check_label(label)))
+            except ValueError as exc:
+                report.errors.append(InputError(path, str(exc)))
+        return kept
+
     def forget(self, label: str) -> int:
         """Remove every image of ``label``; returns how many there were."""
         with self._writing() as index:
@@ -216,12 +248,15 @@ class Library:
         return len(ids)
 
     def classes(self) -> list[tuple[str, int]]:
-        return self.catalogue.class_counts()
+        """``(label, image count)`` for each class, by label."""
+        return self._cached("classes", self.catalogue.class_counts)
 
-    @functools.cached_property
     def _prototypes(self) -> tuple[list[str], np.ndarray]:
-        entries = self.catalogue.entries()
-        return prototypes(entries.vectors, entries.labels)
+        def build():
+            entries = self.catalogue.entries()
+            return prototypes(entries.vectors, entries.labels)
+
+        return self._cached("prototypes", build)
 
     def query(
         self,
@@ -242,7 +277,7 @@ class Library:
         embedded = embed_files(self.embedder, images, on_progress=on_progress)
         vectors = embedded.vectors
         if method == "prototype":
-            names, centres = self._prototypes
+            names, centres = self._prototypes()
             scores = [dict(zip(names, row.tolist(), strict=True)) for row in vectors @ centres.T]
         elif method == "knn":
             sims, ids = self.index.search(vectors, min(neighbours, len(self.index)))

@@ -38,6 +38,8 @@ class IndexSpec:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise KshotError(f"unknown index kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.ivf_train_size < 256:  # 8-bit PQ codebooks have 256 centroids
+            raise KshotError("ivf_train_size must be at least 256")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,8 +56,14 @@ def ivfpq_layout(dim: int, count: int) -> tuple[int, int]:
     sub-quantisers of 8 dimensions or more (one byte each).
     """
     lists = max(1, min(int(4 * math.sqrt(count)), count // 39))
-    subquantizers = max(m for m in range(1, dim // 8 + 1) if dim % m == 0)
+    subquantizers = max((m for m in range(1, dim // 8 + 1) if dim % m == 0), default=1)
     return lists, subquantizers
+
+
+def _array(vectors) -> np.ndarray:
+    """float32 numpy from FAISS's reconstruct calls, which return torch tensors once
+    ``faiss.contrib.torch_utils`` is imported (pytorch-metric-learning imports it)."""
+    return np.asarray(vectors, dtype=np.float32)
 
 
 class VectorIndex:
@@ -121,7 +129,7 @@ class VectorIndex:
     def _train_ivfpq(self) -> None:
         """Replace the exact index by an IVF-PQ index trained on, and holding, its vectors."""
         ids = self.ids()
-        vectors = self._index.index.reconstruct_n(0, len(ids))
+        vectors = _array(self._index.index.reconstruct_n(0, len(ids)))
         lists, subquantizers = ivfpq_layout(self.dim, len(ids))
         quantizer = faiss.IndexFlatIP(self.dim)
         index = faiss.IndexIVFPQ(
@@ -145,7 +153,9 @@ class VectorIndex:
         # HNSW graphs cannot delete: rebuild from the vectors that stay.
         stored = self.ids()
         keep = stored[~np.isin(stored, ids)]
-        vectors = np.stack([self._index.reconstruct(int(i)) for i in keep]) if len(keep) else None
+        vectors = (
+            np.stack([_array(self._index.reconstruct(int(i))) for i in keep]) if len(keep) else None
+        )
         self._index = self._empty()
         self._apply_search_params()
         if vectors is not None:

@@ -1,0 +1,272 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kshot.errors import KshotError
+from kshot.index.vector_index import KINDS, IndexSpec, VectorIndex, ivfpq_layout
+
+DIM = 32
+TRAIN = 300  # ivfpq: at least 256 points for 8-bit PQ codebooks
+
+
+def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def spec_for(kind: str) -> IndexSpec:
+    return IndexSpec(kind=kind, ivf_train_size=TRAIN, use_gpu=False)
+
+
+def filled(kind: str, n: int = 120, first_id: int = 1000, seed: int = 0):
+    index = VectorIndex(DIM, spec_for(kind))
+    vectors = unit_vectors(n, seed=seed)
+    ids = np.arange(first_id, first_id + n, dtype=np.int64)
+    index.add(vectors, ids)
+    return index, vectors, ids
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_add_and_search_finds_itself(kind):
+    index, vectors, ids = filled(kind)
+    assert len(index) == len(ids)
+    assert sorted(index.ids().tolist()) == ids.tolist()
+    scores, found = index.search(vectors, 5)
+    assert scores.shape == found.shape == (len(ids), 5)
+    assert found.dtype == np.int64
+    assert np.array_equal(found[:, 0], ids)
+    assert np.allclose(scores[:, 0], 1.0, atol=1e-4)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    exact = vectors @ vectors.T
+    assert np.allclose(scores[:, 1], np.sort(exact, axis=1)[:, -2], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_missing_neighbours_have_id_minus_one(kind):
+    index, vectors, ids = filled(kind, n=3)
+    scores, found = index.search(vectors[:1], 5)
+    assert found[0, 0] == ids[0]
+    assert sorted(found[0, :3].tolist()) == ids.tolist()
+    assert (found[0, 3:] == -1).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ids_are_stable_across_remove(kind):
+    index, vectors, ids = filled(kind, n=60)
+    gone = ids[::3]
+    assert index.remove(gone) == len(gone)
+    assert len(index) == len(ids) - len(gone)
+    kept = ~np.isin(ids, gone)
+    assert sorted(index.ids().tolist()) == ids[kept].tolist()
+    scores, found = index.search(vectors[kept], 1)
+    assert np.array_equal(found[:, 0], ids[kept])
+    assert np.allclose(scores[:, 0], 1.0, atol=1e-4)
+    _, found = index.search(vectors[~kept], 10)
+    assert not np.isin(found, gone).any()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_add_after_remove_keeps_old_ids(kind):
+    index, vectors, ids = filled(kind, n=20)
+    index.remove(ids[:5])
+    more = unit_vectors(5, seed=9)
+    index.add(more, np.arange(5000, 5005))
+    _, found = index.search(np.concatenate([vectors[5:], more]), 1)
+    assert found[:, 0].tolist() == ids[5:].tolist() + list(range(5000, 5005))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_remove_unknown_ids(kind):
+    index, _, ids = filled(kind, n=10)
+    assert index.remove(np.array([1, 2, 3])) == 0
+    assert index.remove(np.array([], dtype=np.int64)) == 0
+    assert len(index) == 10
+    assert index.remove(np.array([ids[0], 77])) == 1
+    assert len(index) == 9
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_round_trip(tmp_path, kind):
+    index, vectors, _ = filled(kind, n=50)
+    index.remove(np.array([1003, 1010]))
+    path = tmp_path / "index.faiss"
+    index.save(path)
+    loaded = VectorIndex.load(path, spec_for(kind))
+    assert loaded.dim == DIM
+    assert loaded.trained_kind == index.trained_kind
+    assert sorted(loaded.ids().tolist()) == sorted(index.ids().tolist())
+    queries = unit_vectors(10, seed=3)
+    before, after = index.search(queries, 5), loaded.search(queries, 5)
+    assert np.array_equal(before[1], after[1])
+    assert np.allclose(before[0], after[0], atol=1e-6)
+    assert not [p for p in tmp_path.iterdir() if p.name != "index.faiss"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_index(tmp_path, kind):
+    index = VectorIndex(DIM, spec_for(kind))
+    assert len(index) == 0
+    assert index.ids().shape == (0,)
+    assert index.trained_kind == ("flat" if kind == "ivfpq" else kind)
+    with pytest.raises(KshotError, match="empty"):
+        index.search(unit_vectors(1), 3)
+    index.add(np.zeros((0, DIM), np.float32), np.zeros(0, np.int64))
+    assert len(index) == 0
+    path = tmp_path / "empty.faiss"
+    index.save(path)
+    assert len(VectorIndex.load(path, spec_for(kind))) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_search_after_removing_everything(kind):
+    index, _, ids = filled(kind, n=5)
+    index.remove(ids)
+    with pytest.raises(KshotError, match="empty"):
+        index.search(unit_vectors(1), 1)
+
+
+def test_add_needs_one_id_per_vector():
+    index = VectorIndex(DIM, spec_for("flat"))
+    with pytest.raises(ValueError, match="one id per vector"):
+        index.add(unit_vectors(3), np.arange(2))
+
+
+def test_ivfpq_is_exact_until_trained_then_trains_once():
+    index = VectorIndex(DIM, spec_for("ivfpq"))
+    vectors = unit_vectors(TRAIN + 60, seed=1)
+    ids = np.arange(10, 10 + len(vectors), dtype=np.int64)
+    index.add(vectors[: TRAIN - 1], ids[: TRAIN - 1])
+    assert index.trained_kind == "flat"
+    scores, found = index.search(vectors[:20], 1)  # still exact
+    assert np.array_equal(found[:, 0], ids[:20])
+    assert np.allclose(scores[:, 0], 1.0, atol=1e-5)
+
+    index.add(vectors[TRAIN - 1 : TRAIN], ids[TRAIN - 1 : TRAIN])  # reaches ivf_train_size
+    assert index.trained_kind == "ivfpq"
+    assert len(index) == TRAIN
+    trained = index._index
+    index.add(vectors[TRAIN:], ids[TRAIN:])
+    assert index._index is trained  # not retrained
+    assert sorted(index.ids().tolist()) == ids.tolist()
+
+    # approximate from now on: the vectors it was trained on are still found first
+    scores, found = index.search(vectors[:TRAIN], 1)
+    assert (found[:, 0] == ids[:TRAIN]).mean() > 0.95
+    assert abs(np.median(scores[:, 0]) - 1.0) < 0.1
+
+
+def test_trained_ivfpq_remove_and_reload(tmp_path):
+    index, vectors, ids = filled("ivfpq", n=TRAIN + 20)
+    assert index.trained_kind == "ivfpq"
+    assert index.remove(ids[:100]) == 100
+    assert index.remove(np.array([1, 2])) == 0
+    assert sorted(index.ids().tolist()) == ids[100:].tolist()
+    _, found = index.search(vectors[:100], 5)
+    assert not np.isin(found, ids[:100]).any()
+    path = tmp_path / "ivf.faiss"
+    index.save(path)
+    loaded = VectorIndex.load(path, spec_for("ivfpq"))
+    assert loaded.trained_kind == "ivfpq"
+    assert sorted(loaded.ids().tolist()) == ids[100:].tolist()
+    queries = vectors[100:150]
+    assert np.array_equal(index.search(queries, 3)[1], loaded.search(queries, 3)[1])
+
+
+def test_search_params_are_applied():
+    import faiss
+
+    hnsw = VectorIndex(DIM, IndexSpec(kind="hnsw", hnsw_ef_search=77, use_gpu=False))
+    inner = faiss.downcast_index(hnsw._index.index)
+    assert inner.hnsw.efSearch == 77
+    ivf, _, _ = filled("ivfpq", n=TRAIN)
+    assert ivf.trained_kind == "ivfpq"
+    assert ivf._index.nprobe == IndexSpec().ivf_nprobe
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"this is not a FAISS index" * 10], ids=["empty", "garbage"]
+)
+def test_load_garbage(tmp_path, content):
+    path = tmp_path / "index.faiss"
+    path.write_bytes(content)
+    with pytest.raises(KshotError) as caught:
+        VectorIndex.load(path, spec_for("flat"))
+    assert str(path) in str(caught.value)
+    assert "not a readable FAISS index" in str(caught.value)
+
+
+def test_load_missing(tmp_path):
+    with pytest.raises(KshotError, match="not a readable FAISS index"):
+        VectorIndex.load(tmp_path / "absent.faiss", spec_for("flat"))
+
+
+def test_index_spec_rejects_unknown_kind():
+    with pytest.raises(KshotError) as caught:
+        IndexSpec(kind="annoy")
+    assert "annoy" in str(caught.value)
+    for kind in KINDS:
+        assert kind in str(caught.value)
+
+
+def test_index_spec_round_trip():
+    spec = IndexSpec(kind="hnsw", hnsw_m=16, hnsw_ef_search=64, ivf_nprobe=4, use_gpu=False)
+    assert IndexSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("dim", [8, 12, 32, 64, 100, 1280, 1536, 2048, 97])
+@pytest.mark.parametrize("count", [300, 9984, 1_000_000])
+def test_ivfpq_layout(dim, count):
+    lists, subquantizers = ivfpq_layout(dim, count)
+    assert dim % subquantizers == 0
+    assert dim // subquantizers >= 8 or subquantizers == 1
+    # the largest such divisor: finest codes that still have 8+ dimensions per byte
+    assert not [m for m in range(subquantizers + 1, dim // 8 + 1) if dim % m == 0]
+    assert 1 <= lists <= max(1, count // 39)
+    assert lists <= 4 * count**0.5
+
+
+def test_ivfpq_layout_examples():
+    assert ivfpq_layout(64, 9984) == (256, 8)
+    assert ivfpq_layout(1280, 1_000_000) == (4000, 160)
+    assert ivfpq_layout(100, 300) == (7, 10)
+
+
+def test_small_ivf_train_size_is_refused_or_works():
+    try:
+        spec = IndexSpec(kind="ivfpq", ivf_train_size=100, use_gpu=False)
+    except KshotError:
+        return  # refused up front: fine
+    index = VectorIndex(DIM, spec)
+    vectors = unit_vectors(100)
+    index.add(vectors, np.arange(100))
+    assert len(index) == 100
+    assert index.search(vectors[:1], 1)[1][0, 0] == 0
+
+
+def test_ivfpq_layout_small_dim():
+    assert ivfpq_layout(4, 300)[1] == 1
+
+
+TRAIN_AFTER_TORCH_UTILS = """
+import numpy as np
+import faiss.contrib.torch_utils  # what pytorch_metric_learning.utils imports
+from kshot.index.vector_index import IndexSpec, VectorIndex
+
+vectors = np.random.default_rng(0).normal(size=(300, 32)).astype(np.float32)
+vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+index = VectorIndex(32, IndexSpec(kind="ivfpq", ivf_train_size=300, use_gpu=False))
+index.add(vectors, np.arange(300))
+assert index.trained_kind == "ivfpq"
+assert index.search(vectors[:5], 1)[1][:, 0].tolist() == [0, 1, 2, 3, 4]
+index.remove(np.arange(10))
+assert len(index) == 290
+"""
+
+
+def test_ivfpq_trains_after_faiss_torch_utils_is_imported():
+    result = subprocess.run(
+        [sys.executable, "-c", TRAIN_AFTER_TORCH_UTILS], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
