@@ -30,7 +30,7 @@ from kshot.embedder.model import Embedder
 from kshot.embedder.runtime import resolve_device
 from kshot.errors import InputError, KshotError
 from kshot.fewshot.catalogue import Catalogue, NewImage
-from kshot.fewshot.decision import Decision, decide, knn_scores, prototypes
+from kshot.fewshot.decision import METHODS, Decision, decide, knn_scores, prototypes
 from kshot.fewshot.labels import check_label
 from kshot.index.vector_index import IndexSpec, VectorIndex
 
@@ -269,29 +269,32 @@ class Library:
     ) -> list[QueryResult]:
         """Classify each image: by nearest class prototype, or by weighted vote of its
         ``neighbours`` nearest enrolled images (``method="knn"``)."""
-        class_sizes = dict(self.classes())
-        if not class_sizes:
+        if method not in METHODS:
+            raise KshotError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+        if not self.classes():
             raise KshotError(
                 f"{self.root} has no enrolled images yet: enroll some first (kshot enroll)"
             )
         embedded = embed_files(self.embedder, images, on_progress=on_progress)
-        vectors = embedded.vectors
-        if method == "prototype":
-            names, centres = self._prototypes()
-            scores = [dict(zip(names, row.tolist(), strict=True)) for row in vectors @ centres.T]
-        elif method == "knn":
-            sims, ids = self.index.search(vectors, min(neighbours, len(self.index)))
-            label_of = self.catalogue.labels_of(ids)
-            labels = [[label_of.get(int(i)) for i in row] for row in ids]
-            scores = knn_scores(sims, labels, class_sizes)
-        else:
-            raise KshotError(f"unknown method {method!r}: use prototype or knn")
+        scores = self.scores(embedded.vectors, method, neighbours)
         results: list[QueryResult | None] = [None] * len(images)
         for i, score in zip(embedded.indices, scores, strict=True):
             results[i] = QueryResult(str(images[i]), decision=decide(score, top_k, threshold))
         for i, error in embedded.errors:
             results[i] = QueryResult(str(images[i]), error=error)
         return results
+
+    def scores(
+        self, vectors: np.ndarray, method: str = "prototype", neighbours: int = 10
+    ) -> list[dict[str, float]]:
+        """``{label: score}`` for each embedded query ``vectors (m, dim)``."""
+        if method == "prototype":
+            names, centres = self._prototypes()
+            return [dict(zip(names, row.tolist(), strict=True)) for row in vectors @ centres.T]
+        sims, ids = self.index.search(vectors, min(neighbours, len(self.index)))
+        label_of = self.catalogue.labels_of(ids)
+        labels = [[label_of.get(int(i)) for i in row] for row in ids]
+        return knn_scores(sims, labels, dict(self.classes()))
 
 
 def folder_items(root: Path) -> tuple[list[tuple[Path, str]], list[InputError]]:
