@@ -6,17 +6,19 @@ reading, JPEG decoding, resizing, normalising, the DataLoader, the SQLite catalo
 must stay small next to it. This script measures, for each backbone and photo size, in ONE run:
 
 1. bare forward: the backbone module alone (``embedder.backbone``) on an already prepared
-   ``(1, 3, S, S)`` tensor under ``torch.inference_mode()`` -- the floor a query cannot beat.
+   ``(1, 3, S, S)`` tensor under ``torch.inference_mode()``, twice: as torchvision gives it (NCHW
+   layout: the baseline of the targets) and in the channels-last layout kshot runs it in (the
+   "vs ch-last" columns: what the pipeline around kshot's own forward pass costs).
    Median of R runs after warm-up, interleaved with the queries below so that both see the same
    machine state (a 2-core machine with other work on it drifts).
 2. single-image query, end to end through the real API: ``Library.query([path])`` on a library
    holding ~20 enrolled images in 4 classes (prototype method); median over R different files
    after warm-up. The same file's parts are timed separately with the functions the pipeline
-   uses: decode (``read_image(path, resize_size, channels)``), preprocess
+   uses: decode (``config.read``), preprocess
    (``config.transform()``), embed (``embed_batch``: the full embedder with head and L2 norm) and
    search (the prototype decision exactly as ``Library.query`` runs it: class counts from the
    catalogue, similarities to the cached prototypes, ``decide``). "other" is the query's median
-   minus the parts' medians: the per-call setup (DataLoader, collate, ``eval()``, results).
+   minus the parts' medians: the per-call setup (batching, collate, results).
    Target: query <= 1.2x bare forward on 500x500 photos, <= 1.5x on 12MP phone photos.
 3. batch enrollment: ``Library.enroll`` of N images into a fresh library (its model already
    loaded, after a warm-up enrollment into another one), in images/s, against the backbone alone
@@ -40,6 +42,7 @@ efficientnet_lite0 has its installed ImageNet weights; the torchvision backbones
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -58,7 +61,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from kshot.embedder.images import class_folders, read_image
+from kshot.embedder.images import class_folders
 from kshot.embedder.inference import embed_batch
 from kshot.embedder.model import Embedder, EmbedderConfig, build_embedder
 from kshot.embedder.runtime import tune_allocator
@@ -264,7 +267,7 @@ def query_parts(library: Library, path: Path, transform: Callable) -> tuple[dict
     """Each part's seconds for one file, timed with the pipeline's functions; and its tensor."""
     config = library.embedder.config.preprocess
     t0 = time.perf_counter()
-    image = read_image(path, config.resize_size, config.channels).image
+    image = config.read(path).image
     t1 = time.perf_counter()
     batch = transform(image).unsqueeze(0)
     t2 = time.perf_counter()
@@ -276,29 +279,38 @@ def query_parts(library: Library, path: Path, transform: Callable) -> tuple[dict
     return parts, batch
 
 
-def one_query(library: Library, path: Path, transform: Callable) -> dict:
-    """One file: the end-to-end query, its parts, and the bare forward on its tensor (seconds)."""
+def plain_copy(backbone: torch.nn.Module) -> torch.nn.Module:
+    """The backbone as torchvision gives it: default (NCHW) memory layout."""
+    return copy.deepcopy(backbone).to(memory_format=torch.contiguous_format)
+
+
+def one_query(library: Library, path: Path, transform: Callable, plain: torch.nn.Module) -> dict:
+    """One file: the end-to-end query, its parts, and the bare forwards on its tensor (seconds):
+    ``bare`` as torchvision's model runs (NCHW), ``bare_cl`` in kshot's channels-last layout."""
     start = time.perf_counter()
     [result] = library.query([path])
     query = time.perf_counter() - start
     if result.decision is None:
         raise RuntimeError(f"query of {path} failed: {result.error}")
     parts, batch = query_parts(library, path, transform)
-    backbone = library.embedder.backbone
+    channels_last = batch.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        bare = seconds(lambda: backbone(batch))
-    return {"query": query, "bare": bare, **parts}
+        bare = seconds(lambda: plain(batch))
+        bare_cl = seconds(lambda: library.embedder.backbone(channels_last))
+    return {"query": query, "bare": bare, "bare_cl": bare_cl, **parts}
 
 
 def measure_queries(library: Library, photos: PhotoSet, counts: Counts) -> dict:
     """Medians in ms over the timed files (after ``counts.warmup`` untimed ones)."""
     transform = library.embedder.config.preprocess.transform()
-    runs = [one_query(library, path, transform) for path in photos.queries]
+    plain = plain_copy(library.embedder.backbone)
+    runs = [one_query(library, path, transform, plain) for path in photos.queries]
     timed = runs[counts.warmup :]
     ms = {key: 1000 * statistics.median(run[key] for run in timed) for key in timed[0]}
     ms["other"] = ms["query"] - sum(ms[part] for part in PARTS)
     result = {f"{key}_ms": value for key, value in ms.items()}
     result["query_ratio"] = ms["query"] / ms["bare"]
+    result["query_overhead_ratio"] = ms["query"] / ms["bare_cl"]
     return result
 
 
@@ -328,13 +340,18 @@ def measure_enrollment(
         raise RuntimeError(f"enrolling into {root} failed: {report.errors}")
     config = library.embedder.config.preprocess
     batch = torch.stack([config.load(path) for path, _ in items[:batch_size]])
-    bare_rate = bare_batch_rate(library.embedder.backbone, batch, counts.batch_repeats)
+    plain = plain_copy(library.embedder.backbone)
+    bare_rate = bare_batch_rate(plain, batch, counts.batch_repeats)
+    channels_last = batch.contiguous(memory_format=torch.channels_last)
+    bare_cl_rate = bare_batch_rate(library.embedder.backbone, channels_last, counts.batch_repeats)
     return {
         "batch_size": batch_size,
         "enrolled": len(items),
         "bare_batch_img_s": bare_rate,
+        "bare_batch_cl_img_s": bare_cl_rate,
         "enroll_img_s": enroll_rate,
         "enroll_ratio": enroll_rate / bare_rate,
+        "enroll_overhead_ratio": enroll_rate / bare_cl_rate,
     }
 
 
@@ -374,19 +391,23 @@ def verdict(ratio: float, target: float, at_most: bool) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| backbone | photos | bare forward ms | query ms (decode / preprocess / embed / search"
-        " / other) | ratio | target | bare batch img/s | enroll img/s | ratio | target |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| backbone | photos | bare forward ms (NCHW / ch-last) | query ms (decode / preprocess"
+        " / embed / search / other) | ratio | target | vs ch-last | bare batch img/s (NCHW /"
+        " ch-last) | enroll img/s | ratio | target | vs ch-last |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         parts = " / ".join(f"{r[f'{p}_ms']:.1f}" for p in (*PARTS, "other"))
         query_ratio = verdict(r["query_ratio"], r["query_target"], True)
         enroll_ratio = verdict(r["enroll_ratio"], r["enroll_target"], False)
         lines.append(
-            f"| {r['backbone']} ({r['input_size']}px) | {r['photos']} | {r['bare_ms']:.1f} "
+            f"| {r['backbone']} ({r['input_size']}px) | {r['photos']} "
+            f"| {r['bare_ms']:.1f} / {r['bare_cl_ms']:.1f} "
             f"| {r['query_ms']:.1f} ({parts}) | {query_ratio} | <= {r['query_target']}x "
-            f"| {r['bare_batch_img_s']:.1f} | {r['enroll_img_s']:.1f} | {enroll_ratio} "
-            f"| >= {r['enroll_target']}x |"
+            f"| {r['query_overhead_ratio']:.2f}x "
+            f"| {r['bare_batch_img_s']:.1f} / {r['bare_batch_cl_img_s']:.1f} "
+            f"| {r['enroll_img_s']:.1f} | {enroll_ratio} | >= {r['enroll_target']}x "
+            f"| {r['enroll_overhead_ratio']:.2f}x |"
         )
     return "\n".join(lines)
 

@@ -242,7 +242,7 @@ def embed(
     from kshot.fewshot.library import folder_items
 
     embedder, _ = _embedder_from(model, backbone, weights, pretrained=True)
-    embedder.to(resolve_device(device))
+    embedder.for_inference(resolve_device(device))
     items: list[tuple[Path, str]] = []
     refused = []
     for entry in map(Path, inputs):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kshot.embedder.images import read_image
 from kshot.embedder.model import Embedder
 from kshot.embedder.preprocess import PreprocessConfig
 from kshot.embedder.runtime import tune_allocator
@@ -43,9 +42,7 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            loaded = read_image(
-                self.paths[i], self.config.resize_size, self.config.channels, self.digest
-            )
+            loaded = self.config.read(self.paths[i], self.digest)
         except InputError as exc:
             return i, None, None, exc
         return i, self.transform(loaded.image), loaded.sha256, None
@@ -64,14 +61,15 @@ def _batches(
     batch_size: int,
     workers: int,
     digest: bool,
-) -> DataLoader:
+) -> Iterable:
     """Batches of ``(indices, images (B, C, H, W) or None, sha256s, [(index, InputError)])``."""
-    return DataLoader(
-        _ImageFiles([Path(p) for p in paths], config, digest),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-    )
+    files = _ImageFiles([Path(p) for p in paths], config, digest)
+    if workers == 0:  # in this process, sparing the DataLoader's 0.3 ms per call
+        return (
+            _collate([files[i] for i in range(start, min(start + batch_size, len(files)))])
+            for start in range(0, len(files), batch_size)
+        )
+    return DataLoader(files, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
 
 
 def load_tensors(
@@ -92,7 +90,8 @@ def load_tensors(
 def embed_batch(embedder: Embedder, images: torch.Tensor) -> np.ndarray:
     """``(N, C, H, W)`` preprocessed images -> ``(N, D)`` float32 unit vectors."""
     device = next(embedder.parameters()).device
-    return embedder(images.to(device)).float().cpu().numpy()
+    images = images.to(device).contiguous(memory_format=torch.channels_last)
+    return embedder(images).float().cpu().numpy()
 
 
 def embed_files(

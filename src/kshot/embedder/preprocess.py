@@ -12,13 +12,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as F
 
-from kshot.embedder.images import read_image
+from kshot.embedder.images import LoadedImage, read_image
 from kshot.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CenterResizedCrop:
+    """Resize the shorter side to ``resize_size``, then take the centre ``crop_size`` square --
+    computed the other way round, crop then resize, so only the kept pixels are resized (23%
+    fewer for 256 -> 224). Written here because torchvision has only the random variant."""
+
+    def __init__(self, resize_size: int, crop_size: int, interpolation: str):
+        self.ratio = crop_size / resize_size
+        self.size = [crop_size, crop_size]
+        self.interpolation = InterpolationMode(interpolation)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        side = max(1, round(min(width, height) * self.ratio))
+        top, left = (height - side) // 2, (width - side) // 2
+        return F.resized_crop(image, top, left, side, side, self.size, self.interpolation)
 
 
 @dataclass(frozen=True)
@@ -66,13 +85,8 @@ class PreprocessConfig:
 
     def geometry(self) -> Callable:
         """PIL image -> uint8 tensor ``(C, input_size, input_size)``, before normalisation."""
-        return v2.Compose(
-            [
-                v2.Resize(self.resize_size, InterpolationMode(self.interpolation), antialias=True),
-                v2.CenterCrop(self.input_size),
-                v2.PILToTensor(),
-            ]
-        )
+        crop = CenterResizedCrop(self.resize_size, self.input_size, self.interpolation)
+        return v2.Compose([crop, v2.PILToTensor()])
 
     def transform(self) -> Callable:
         """PIL image -> normalised float tensor ``(C, input_size, input_size)``."""
@@ -84,9 +98,14 @@ class PreprocessConfig:
             ]
         )
 
+    def read(self, path: str | Path, digest: bool = False) -> LoadedImage:
+        """Decode ``path`` for this preprocessing: JPEGs at the smallest DCT scale that still
+        covers the crop (a 500-pixel photo at half size, a 12 MP one at 1/8)."""
+        return read_image(path, self.input_size, self.channels, digest)
+
     def load(self, path: str | Path) -> torch.Tensor:
         """Read, decode and prepare one image file; raises ``InputError`` if it is unusable."""
-        return self.transform()(read_image(path, self.resize_size, self.channels).image)
+        return self.transform()(self.read(path).image)
 
 
 def dataset_mean_std(
@@ -103,7 +122,7 @@ def dataset_mean_std(
     count = 0
     for path in paths:
         try:
-            image = read_image(path, config.resize_size, config.channels).image
+            image = config.read(path).image
         except InputError:
             continue
         pixels = geometry(image).reshape(config.channels, -1).double().numpy() / 255.0

@@ -155,7 +155,7 @@ class Library:
                 f"{self.root / MANIFEST}: damaged library manifest (embedding_dim "
                 f"{self.manifest.embedding_dim}, but the model embeds in {embedder.embedding_dim})"
             )
-        return embedder.to(self.device)
+        return embedder.for_inference(self.device)
 
     def _cached(self, name: str, build: Callable[[], object]):
         """Derived state, built once and dropped when the catalogue changes (a change by another
