@@ -18,8 +18,8 @@ def tune_allocator() -> bool:
 
     With the defaults each large activation is mmap'ed and unmapped per forward pass, so every
     pass page-faults its memory back in (system time about equal to user time). Serving large
-    blocks from the heap and never trimming it made batch-32 inference 2.3-2.9x faster on a 2-core
-    machine (benchmarks/query_latency.py) -- the same gain as preloading tcmalloc, without it.
+    blocks from the heap and never trimming it made batch-32 inference 2.1-2.8x faster on a 2-core
+    machine (benchmarks/allocator.py) -- the gain of preloading tcmalloc, without preloading it.
     Returns False where the C library is not glibc.
     """
     name = ctypes.util.find_library("c")
