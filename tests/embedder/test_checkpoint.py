@@ -219,7 +219,7 @@ def test_wrong_version_is_refused(tmp_path, conv4_embedder):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(KshotError, match="no such model file"):
+    with pytest.raises(KshotError, match="no such kshot model file"):
         load_checkpoint(tmp_path / "absent.kshot")
 
 

@@ -16,6 +16,7 @@ import torch
 
 from kshot.atomic import atomic_path
 from kshot.embedder.model import Embedder, EmbedderConfig, build_embedder
+from kshot.embedder.weights import read_torch_file
 from kshot.errors import KshotError
 
 FORMAT = "kshot-embedder"
@@ -47,13 +48,7 @@ def save_checkpoint(embedder: Embedder, path: Path, info: dict | None = None) ->
 
 def load_checkpoint(path: Path) -> tuple[Embedder, dict]:
     """The embedder saved at ``path`` (in eval mode, on the CPU) and its ``info`` dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise KshotError(f"{path}: no such model file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise KshotError(f"{path}: not a kshot model file ({exc})") from None
+    payload = read_torch_file(path, "kshot model file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise KshotError(f"{path}: not a kshot model file (no {FORMAT!r} format tag)")
     if payload.get("version") != VERSION:

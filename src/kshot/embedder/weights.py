@@ -5,6 +5,7 @@ Files are untrusted data: they are read with ``weights_only=True``, which refuse
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -12,15 +13,24 @@ import torch
 from kshot.errors import KshotError
 
 
-def load_state_dict_file(path: Path) -> dict:
-    """A state dict from ``path`` (a bare state dict, or one under a ``state_dict`` key)."""
+def read_torch_file(path: Path, what: str):
+    """The data in a ``torch.save`` file, loaded on the CPU with ``weights_only=True``;
+    ``KshotError`` naming the file otherwise. ``what`` names the kind of file in messages."""
     path = Path(path)
     if not path.is_file():
-        raise KshotError(f"{path}: no such weights file")
+        raise KshotError(f"{path}: no such {what}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise KshotError(f"{path}: not a loadable weights file ({exc})") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        reason = "it holds Python objects besides tensors, refused as possibly unsafe code"
+    except Exception as exc:  # torch raises many types for malformed files
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    raise KshotError(f"{path}: not a {what} ({reason})")
+
+
+def load_state_dict_file(path: Path) -> dict:
+    """A state dict from ``path`` (a bare state dict, or one under a ``state_dict`` key)."""
+    state = read_torch_file(path, "weights file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
