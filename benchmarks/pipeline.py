@@ -15,7 +15,7 @@ must stay small next to it. This script measures, for each backbone and photo si
    holding ~20 enrolled images in 4 classes (prototype method); median over R different files
    after warm-up. The same file's parts are timed separately with the functions the pipeline
    uses: decode (``config.read``), preprocess
-   (``config.transform()``), embed (``embed_batch``: the full embedder with head and L2 norm) and
+   (``config.prepare``), embed (``embed_batch``: the full embedder with head and L2 norm) and
    search (the prototype decision exactly as ``Library.query`` runs it: class counts from the
    catalogue, similarities to the cached prototypes, ``decide``). "other" is the query's median
    minus the parts' medians: the per-call setup (batching, collate, results).
@@ -302,7 +302,7 @@ def one_query(library: Library, path: Path, transform: Callable, plain: torch.nn
 
 def measure_queries(library: Library, photos: PhotoSet, counts: Counts) -> dict:
     """Medians in ms over the timed files (after ``counts.warmup`` untimed ones)."""
-    transform = library.embedder.config.preprocess.transform()
+    transform = library.embedder.config.preprocess.prepare
     plain = plain_copy(library.embedder.backbone)
     runs = [one_query(library, path, transform, plain) for path in photos.queries]
     timed = runs[counts.warmup :]

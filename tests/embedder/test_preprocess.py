@@ -74,7 +74,7 @@ def test_transform_shape_dtype_and_normalisation(channels):
     value = 100
     mode = "L" if channels == 1 else "RGB"
     image = Image.new(mode, (50, 30), value if channels == 1 else (value,) * 3)
-    tensor = config.transform()(image)
+    tensor = config.prepare(image)
     assert tensor.shape == (channels, 16, 16)
     assert tensor.dtype == torch.float32
     for c in range(channels):
@@ -88,13 +88,13 @@ def test_transform_resizes_shorter_side_then_crops_the_centre():
     image = Image.new("L", (40, 20), 255)
     image.paste(0, (0, 0, 10, 20))
     config = PreprocessConfig(10, 10, (0.0,), (1.0,), channels=1, interpolation="nearest")
-    geometry = config.geometry()(image)
+    geometry = config.pixels(image)
     assert geometry.dtype == torch.uint8 and geometry.shape == (1, 10, 10)
     assert (geometry == 255).all()
     full = PreprocessConfig(10, 20, (0.0,), (1.0,), channels=1, interpolation="nearest")
-    assert (full.geometry()(image) == 255).all()
+    assert (full.pixels(image) == 255).all()
     wide = PreprocessConfig(20, 20, (0.0,), (1.0,), channels=1, interpolation="nearest")
-    cropped = wide.geometry()(image)  # 20x20 centre of 40x20: columns 10..29, all white
+    cropped = wide.pixels(image)  # 20x20 centre of 40x20: columns 10..29, all white
     assert (cropped == 255).all()
 
 

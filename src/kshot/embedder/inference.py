@@ -34,7 +34,6 @@ class _ImageFiles(Dataset):
     def __init__(self, paths: Sequence[Path], config: PreprocessConfig, digest: bool):
         self.paths = list(paths)
         self.config = config
-        self.transform = config.transform()
         self.digest = digest
 
     def __len__(self) -> int:
@@ -45,7 +44,7 @@ class _ImageFiles(Dataset):
             loaded = self.config.read(self.paths[i], self.digest)
         except InputError as exc:
             return i, None, None, exc
-        return i, self.transform(loaded.image), loaded.sha256, None
+        return i, self.config.prepare(loaded.image), loaded.sha256, None
 
 
 def _collate(items):

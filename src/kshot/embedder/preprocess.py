@@ -6,38 +6,19 @@ checkpoint always sees images prepared the way it was trained on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode, v2
-from torchvision.transforms.v2 import functional as F
 
 from kshot.embedder.images import LoadedImage, read_image
 from kshot.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class CenterResizedCrop:
-    """Resize the shorter side to ``resize_size``, then take the centre ``crop_size`` square --
-    computed the other way round, crop then resize, so only the kept pixels are resized (23%
-    fewer for 256 -> 224). Written here because torchvision has only the random variant."""
-
-    def __init__(self, resize_size: int, crop_size: int, interpolation: str):
-        self.ratio = crop_size / resize_size
-        self.size = [crop_size, crop_size]
-        self.interpolation = InterpolationMode(interpolation)
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        width, height = image.size
-        side = max(1, round(min(width, height) * self.ratio))
-        top, left = (height - side) // 2, (width - side) // 2
-        return F.resized_crop(image, top, left, side, side, self.size, self.interpolation)
 
 
 @dataclass(frozen=True)
@@ -62,6 +43,8 @@ class PreprocessConfig:
             raise ValueError("mean and std need one value per channel")
         if self.resize_size < self.input_size:
             raise ValueError("resize_size must be at least input_size")
+        if self.interpolation.upper() not in Image.Resampling.__members__:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,20 +66,28 @@ class PreprocessConfig:
             self.interpolation,
         )
 
-    def geometry(self) -> Callable:
-        """PIL image -> uint8 tensor ``(C, input_size, input_size)``, before normalisation."""
-        crop = CenterResizedCrop(self.resize_size, self.input_size, self.interpolation)
-        return v2.Compose([crop, v2.PILToTensor()])
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """The centre square a resize to ``resize_size`` then a crop to ``input_size`` would keep,
+        resized in one PIL call (cropping first: only the kept pixels are resized), as a uint8
+        tensor ``(channels, input_size, input_size)``.
 
-    def transform(self) -> Callable:
-        """PIL image -> normalised float tensor ``(C, input_size, input_size)``."""
-        return v2.Compose(
-            [
-                self.geometry(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(self.mean, self.std),
-            ]
-        )
+        Written with PIL and numpy rather than torchvision.transforms, whose import alone (it
+        pulls in torchvision.models and torch._dynamo) adds 1.5 s to every command.
+        """
+        width, height = image.size
+        side = min(width, height) * self.input_size / self.resize_size
+        left, top = (width - side) / 2, (height - side) / 2
+        box = (left, top, left + side, top + side)
+        size = (self.input_size, self.input_size)
+        crop = image.resize(size, Image.Resampling[self.interpolation.upper()], box=box)
+        array = torch.from_numpy(np.array(crop, dtype=np.uint8))
+        return array.unsqueeze(0) if array.ndim == 2 else array.permute(2, 0, 1)
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """The normalised float tensor ``(channels, input_size, input_size)`` of ``image``."""
+        mean = torch.tensor(self.mean).view(-1, 1, 1) * 255
+        std = torch.tensor(self.std).view(-1, 1, 1) * 255
+        return self.pixels(image).float().sub_(mean).div_(std)
 
     def read(self, path: str | Path, digest: bool = False) -> LoadedImage:
         """Decode ``path`` for this preprocessing: JPEGs at the smallest DCT scale that still
@@ -105,7 +96,7 @@ class PreprocessConfig:
 
     def load(self, path: str | Path) -> torch.Tensor:
         """Read, decode and prepare one image file; raises ``InputError`` if it is unusable."""
-        return self.transform()(self.read(path).image)
+        return self.prepare(self.read(path).image)
 
 
 def dataset_mean_std(
@@ -116,7 +107,6 @@ def dataset_mean_std(
     For ``--normalization dataset``: images far from ImageNet's statistics (leaves on grey, ink on
     paper) are normalised with their own. Unreadable files are skipped.
     """
-    geometry = config.geometry()
     total = np.zeros(config.channels)
     total_sq = np.zeros(config.channels)
     count = 0
@@ -125,7 +115,7 @@ def dataset_mean_std(
             image = config.read(path).image
         except InputError:
             continue
-        pixels = geometry(image).reshape(config.channels, -1).double().numpy() / 255.0
+        pixels = config.pixels(image).reshape(config.channels, -1).double().numpy() / 255.0
         total += pixels.sum(axis=1)
         total_sq += (pixels**2).sum(axis=1)
         count += pixels.shape[1]
