@@ -4,13 +4,12 @@ few photos and classify new photos against them."""
 from __future__ import annotations
 
 import functools
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from kshot.cli import render
+from kshot.cli import inspection, render
 from kshot.cli.console import (
     EXIT_FAILED,
     EXIT_SOME_INPUTS_FAILED,
@@ -18,6 +17,8 @@ from kshot.cli.console import (
     say,
     setup_logging,
 )
+from kshot.cli.embedders import embedder_from
+from kshot.cli.options import AsJson, Device, IndexKind, LibraryDir, Method, Normalization
 from kshot.errors import KshotError
 
 app = typer.Typer(
@@ -27,30 +28,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-class Method(str, Enum):
-    prototype = "prototype"
-    knn = "knn"
-
-
-class IndexKind(str, Enum):
-    flat = "flat"
-    hnsw = "hnsw"
-    ivfpq = "ivfpq"
-
-
-class Normalization(str, Enum):
-    backbone = "backbone"
-    imagenet = "imagenet"
-    dataset = "dataset"
-
-
-Device = Annotated[str, typer.Option(help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1")]
-AsJson = Annotated[
-    bool, typer.Option("--json", help="Machine-readable output, a JSON object per line.")
-]
-LibraryDir = Annotated[Path, typer.Argument(help="The library directory.")]
 
 
 def command(fn):
@@ -69,23 +46,6 @@ def command(fn):
             raise typer.Exit(code)
 
     return app.command()(run)
-
-
-def _embedder_from(
-    model: Path | None, backbone: str | None, weights: Path | None, pretrained: bool
-):
-    """The embedder of ``--model FILE``, or an untrained one on ``--backbone NAME``."""
-    from kshot.embedder.checkpoint import load_checkpoint
-    from kshot.embedder.model import EmbedderConfig, build_embedder
-
-    if (model is None) == (backbone is None):
-        raise KshotError("give either --model FILE or --backbone NAME")
-    if model is not None:
-        return load_checkpoint(model)
-    config = EmbedderConfig.for_backbone(backbone)
-    embedder = build_embedder(config, pretrained=pretrained, weights_file=weights).eval()
-    source = "weights file" if weights else "ImageNet weights" if pretrained else "random weights"
-    return embedder, {"trained": False, "source": f"{backbone}, {source}, no head"}
 
 
 @command
@@ -110,7 +70,7 @@ def init(
     from kshot.index.vector_index import IndexSpec
 
     check_new_library_path(library)
-    embedder, info = _embedder_from(model, backbone, weights, pretrained)
+    embedder, info = embedder_from(model, backbone, weights, pretrained)
     Library.create(library, embedder, info, IndexSpec(kind=index.value), device=device)
     say(f"created library {library} ({embedder.embedding_dim}-d embeddings, {index.value} index)")
     say(f"next: kshot enroll {library} --label NAME IMAGE...   or   kshot enroll {library} DIR")
@@ -241,7 +201,7 @@ def embed(
     from kshot.embedder.runtime import resolve_device
     from kshot.fewshot.library import folder_items
 
-    embedder, _ = _embedder_from(model, backbone, weights, pretrained=True)
+    embedder, _ = embedder_from(model, backbone, weights, pretrained=True)
     embedder.for_inference(resolve_device(device))
     items: list[tuple[Path, str]] = []
     refused = []
@@ -332,6 +292,10 @@ def demo(
     from kshot.cli.demo import run_demo
 
     run_demo(workdir, epochs)
+
+
+for extra in (inspection.evaluate, inspection.projector, inspection.plot, inspection.outliers):
+    command(extra)
 
 
 def main() -> None:

@@ -41,10 +41,12 @@ class NewImage:
 
 @dataclass(frozen=True)
 class Entries:
-    """Rows of the catalogue: ``ids (n,)``, ``labels`` (n strings), ``vectors (n, dim)``."""
+    """Rows of the catalogue: ``ids (n,)``, ``labels`` and ``sources`` (n strings each: the class
+    and the path each image was enrolled from), ``vectors (n, dim)``."""
 
     ids: np.ndarray
     labels: list[str]
+    sources: list[str]
     vectors: np.ndarray
 
 
@@ -131,7 +133,7 @@ class Catalogue:
         return found
 
     def entries(self) -> Entries:
-        rows = self._query("SELECT id, label, vector FROM images ORDER BY id")
+        rows = self._query("SELECT id, label, vector, source FROM images ORDER BY id")
         vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32)
         if vectors.size != len(rows) * self.dim:
             raise KshotError(
@@ -140,5 +142,6 @@ class Catalogue:
         return Entries(
             ids=np.array([r[0] for r in rows], dtype=np.int64),
             labels=[r[1] for r in rows],
+            sources=[r[3] for r in rows],
             vectors=vectors.reshape(len(rows), self.dim),
         )

@@ -1,0 +1,33 @@
+"""Option types shared by the commands."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class Method(str, Enum):
+    prototype = "prototype"
+    knn = "knn"
+
+
+class IndexKind(str, Enum):
+    flat = "flat"
+    hnsw = "hnsw"
+    ivfpq = "ivfpq"
+
+
+class Normalization(str, Enum):
+    backbone = "backbone"
+    imagenet = "imagenet"
+    dataset = "dataset"
+
+
+Device = Annotated[str, typer.Option(help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1")]
+AsJson = Annotated[
+    bool, typer.Option("--json", help="Machine-readable output, a JSON object per line.")
+]
+LibraryDir = Annotated[Path, typer.Argument(help="The library directory.")]
