@@ -90,14 +90,15 @@ def main() -> int:
             ).stdout.splitlines()
         ]
     listed = [r["image"] for r in rows if r["kind"] == "disagreement"]
-    found = sorted(set(listed) & set(swapped))
+    ranks = sorted(i + 1 for i, image in enumerate(listed) if image in swapped)
     result = {
         "images": len(items),
         "classes": len(labels),
         "swapped": len(swapped),
-        "found": len(found),
+        "found": len(ranks),
         "listed": len(listed),
-        "false_alarms": len(listed) - len(found),
+        "ranks_of_swapped": ranks,  # 1 = first listed
+        "found_in_first_25": sum(r <= 25 for r in ranks),
         "command": " ".join(command[2:]),
     }
     print(json.dumps(result))
