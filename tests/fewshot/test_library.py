@@ -760,3 +760,32 @@ def test_ivfpq_index_rebuilt_from_catalogue(tmp_path, conv4_embedder, make_class
     assert [r.decision.label for r in results] == ["a", "b"]
     assert reopened.index.trained_kind == "ivfpq"
     assert index_ids(root, spec) == catalogue_ids(reopened)
+
+
+def test_a_read_only_library_answers_queries(tmp_path, conv4_embedder, monkeypatch):
+    """As on read-only storage: SQLite opens read-only and no file can be written."""
+    import errno
+    import sqlite3
+
+    from kshot.fewshot import catalogue
+    from kshot.fewshot.library import Library
+    from kshot.index.vector_index import IndexSpec, VectorIndex
+    from tests.cli.conftest import make_image
+
+    image = make_image(tmp_path / "bars.png", "bars", 0)
+    root = tmp_path / "lib"
+    Library.create(root, conv4_embedder, {}, IndexSpec()).enroll([(image, "bars")])
+    (root / "index.faiss").unlink()  # so it must be rebuilt, and cannot be saved
+
+    connect = sqlite3.connect
+
+    def read_only(path):
+        return connect(f"file:{path}?mode=ro", uri=True)
+
+    def no_writes(self, path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(catalogue.sqlite3, "connect", read_only)
+    monkeypatch.setattr(VectorIndex, "save", no_writes)
+    (result,) = Library.open(root).query([image], method="knn")
+    assert result.decision.label == "bars"

@@ -61,10 +61,14 @@ class Catalogue:
             )
         try:
             self._db = sqlite3.connect(self.path)
-            with self._db:
-                self._db.executescript(_SCHEMA)
+            if create:
+                with self._db:
+                    self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise KshotError(f"{self.path}: damaged catalogue ({exc})") from None
+        # Opening only reads, so a library on read-only storage can still be queried.
+        if not self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'images'"):
+            raise KshotError(f"{self.path}: damaged catalogue (it has no images table)")
 
     def close(self) -> None:
         self._db.close()

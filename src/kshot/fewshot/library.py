@@ -187,7 +187,10 @@ class Library:
         index = VectorIndex(dim, self.manifest.index)
         entries = self.catalogue.entries()
         index.add(entries.vectors, entries.ids)
-        index.save(path)
+        try:
+            index.save(path)
+        except OSError as exc:  # read-only storage: answer from the rebuilt index all the same
+            log.warning("cannot save the rebuilt index (%s); using it unsaved", exc.strerror)
         return index
 
     @contextlib.contextmanager
