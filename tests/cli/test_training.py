@@ -47,3 +47,11 @@ def test_train_changes_the_weights_and_is_repeatable_with_a_seed(kshot, tmp_path
 def test_train_refuses_a_folder_without_two_classes(kshot, tmp_path, images):
     output = kshot("train", tmp_path / "images" / "bars", "--out", tmp_path / "m", code=1).output
     assert "at least two sub-folders" in output
+
+
+def test_the_help_lists_every_loss(kshot):
+    from kshot.cli.app import LOSS_NAMES
+    from kshot.embedder.losses import LOSSES
+
+    assert list(LOSS_NAMES) == list(LOSSES)
+    assert "quadruplet" in kshot("train", "--help").output

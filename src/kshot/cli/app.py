@@ -30,6 +30,20 @@ app = typer.Typer(
 )
 
 
+# The names of kshot.embedder.losses.LOSSES, listed here so that --help needs no torch import
+# (tests/cli/test_training.py checks the two agree).
+LOSS_NAMES = (
+    "contrastive",
+    "triplet",
+    "quadruplet",
+    "sphereface",
+    "cosface",
+    "arcface",
+    "softmax",
+    "focal",
+)
+
+
 def command(fn):
     """Register ``fn`` as a command: a ``KshotError`` becomes one line on stderr and exit 1; an
     int returned becomes the exit code."""
@@ -234,7 +248,7 @@ def train(
     data: Annotated[Path, typer.Argument(help="A folder with a sub-folder of images per class.")],
     out: Annotated[Path, typer.Option(help="The model file to write.")],
     backbone: Annotated[str, typer.Option(help="See `kshot backbones`.")] = "efficientnet_lite0",
-    loss: Annotated[str, typer.Option(help="triplet or arcface.")] = "triplet",
+    loss: Annotated[str, typer.Option(help=f"One of: {', '.join(LOSS_NAMES)}.")] = "triplet",
     epochs: Annotated[int, typer.Option(min=1)] = 10,
     batch_size: Annotated[int, typer.Option(min=2)] = 64,
     lr: Annotated[float, typer.Option(help="Learning rate (Adam).")] = 1e-3,
