@@ -55,3 +55,49 @@ def test_the_help_lists_every_loss(kshot):
 
     assert list(LOSS_NAMES) == list(LOSSES)
     assert "quadruplet" in kshot("train", "--help").output
+
+
+def test_margin_and_scale_reach_the_loss(kshot, tmp_path, images, monkeypatch):
+    from kshot.embedder import training
+
+    built = {}
+    real = training.build_loss
+
+    def spy(name, classes, dim, **overrides):
+        built.update(name=name, **overrides)
+        return real(name, classes, dim, **overrides)
+
+    monkeypatch.setattr(training, "build_loss", spy)
+    kshot(
+        "train",
+        tmp_path / "images",
+        "--out",
+        tmp_path / "m",
+        "--backbone",
+        "conv4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "12",
+        "--loss",
+        "cosface",
+        "--margin",
+        "0.3",
+        "--scale",
+        "16",
+    )
+    assert built == {"name": "cosface", "margin": 0.3, "scale": 16.0}
+    output = kshot(
+        "train",
+        tmp_path / "images",
+        "--out",
+        tmp_path / "n",
+        "--loss",
+        "focal",
+        "--margin",
+        "0.3",
+        "--backbone",
+        "conv4",
+        code=1,
+    ).output
+    assert "cannot take ['margin']" in output

@@ -249,6 +249,12 @@ def train(
     out: Annotated[Path, typer.Option(help="The model file to write.")],
     backbone: Annotated[str, typer.Option(help="See `kshot backbones`.")] = "efficientnet_lite0",
     loss: Annotated[str, typer.Option(help=f"One of: {', '.join(LOSS_NAMES)}.")] = "triplet",
+    margin: Annotated[
+        float | None, typer.Option(help="The loss's margin (default: the loss's own).")
+    ] = None,
+    scale: Annotated[
+        float | None, typer.Option(help="The angular losses' scale (default: the loss's own).")
+    ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 10,
     batch_size: Annotated[int, typer.Option(min=2)] = 64,
     lr: Annotated[float, typer.Option(help="Learning rate (Adam).")] = 1e-3,
@@ -277,6 +283,7 @@ def train(
         out,
         backbone=backbone,
         loss=loss,
+        loss_options={k: v for k, v in {"margin": margin, "scale": scale}.items() if v is not None},
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,

@@ -10,7 +10,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,8 @@ log = logging.getLogger("kshot")
 @dataclass(frozen=True)
 class TrainConfig:
     loss: str = "triplet"
+    # Laid over the loss's defaults (kshot.embedder.losses.LOSS_DEFAULTS), e.g. {"margin": 0.2}.
+    loss_options: dict = field(default_factory=dict)
     epochs: int = 10
     batch_size: int = 64
     samples_per_class: int = 4
@@ -87,7 +89,7 @@ def train_embedder(
     sampler = MPerClassSampler(targets, m, batch_size=batch, length_before_new_iter=len(targets))
     loader = DataLoader(TensorDataset(tensors, targets), batch_size=batch, sampler=sampler)
 
-    loss_fn, miner = build_loss(config.loss, classes, embedder.embedding_dim)
+    loss_fn, miner = build_loss(config.loss, classes, embedder.embedding_dim, **config.loss_options)
     embedder.to(device).train()
     loss_fn.to(device)
     params = list(embedder.parameters()) + list(loss_fn.parameters())
