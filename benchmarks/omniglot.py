@@ -102,13 +102,8 @@ def main() -> int:
         train_from_folder(
             background,
             model,
-            backbone="conv4",
+            backbone="conv4",  # 28 px grey by default
             embedding_dim=args.embedding_dim,
-            image_size=28,
-            channels=1,
-            normalization="backbone",
-            pretrained=False,
-            weights=None,
             rotation_classes=True,
             loss=args.loss,
             epochs=args.epochs,

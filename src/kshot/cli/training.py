@@ -46,15 +46,19 @@ def train_from_folder(
     out: Path,
     *,
     backbone: str,
-    embedding_dim: int | None,
-    image_size: int | None,
-    channels: int | None,
-    normalization: str,
-    pretrained: bool,
-    weights: Path | None,
+    embedding_dim: int | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    normalization: str = "backbone",
+    pretrained: bool = True,
+    weights: Path | None = None,
     **train_options,
 ) -> str:
-    """Train on ``data`` (one sub-folder per class), save to ``out``; returns the model hash."""
+    """Train on ``data`` (one sub-folder per class), save to ``out``; returns the model hash.
+
+    Left at their defaults, the preprocessing options are the backbone's own; ``pretrained``
+    applies to backbones that have pretrained weights. ``train_options`` go to ``TrainConfig``.
+    """
     data = Path(data)
     if not data.is_dir():
         raise KshotError(f"{data}: no such directory")
