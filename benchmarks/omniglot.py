@@ -88,6 +88,8 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, required=True, help="folder for the model")
     parser.add_argument("--loss", default="triplet")
+    parser.add_argument("--margin", type=float, default=None, help="default: the loss's own")
+    parser.add_argument("--scale", type=float, default=None, help="default: the loss's own")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -106,6 +108,11 @@ def main() -> int:
             embedding_dim=args.embedding_dim,
             rotation_classes=True,
             loss=args.loss,
+            loss_options={
+                k: v
+                for k, v in {"margin": args.margin, "scale": args.scale}.items()
+                if v is not None
+            },
             epochs=args.epochs,
             lr=args.lr,
             batch_size=args.batch_size,

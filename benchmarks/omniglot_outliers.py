@@ -48,6 +48,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--swaps", type=int, default=10)
+    parser.add_argument("--margin", type=float, default=0.2, help="of the triplet loss")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
