@@ -62,6 +62,8 @@ def main() -> int:
             model,
             backbone="conv4",
             rotation_classes=True,
+            loss="triplet",
+            loss_options={"margin": args.margin},
             epochs=args.epochs,
             batch_size=128,
             seed=args.seed,
