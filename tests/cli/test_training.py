@@ -7,6 +7,22 @@ import torch
 from kshot.embedder.checkpoint import load_checkpoint
 
 
+def _train_args(tmp_path, out) -> tuple:
+    """``kshot train`` of a conv4 for one epoch on the fixture's images."""
+    return (
+        "train",
+        tmp_path / "images",
+        "--out",
+        out,
+        "--backbone",
+        "conv4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "12",
+    )
+
+
 def test_train_writes_a_model_that_init_and_query_use(kshot, images, tmp_path):
     model = tmp_path / "model.kshot"
     args = ("train", tmp_path / "images", "--out", model, "--backbone", "conv4")
@@ -23,20 +39,7 @@ def test_train_writes_a_model_that_init_and_query_use(kshot, images, tmp_path):
 def test_train_changes_the_weights_and_is_repeatable_with_a_seed(kshot, tmp_path, images):
     def train(name: str, seed: int):
         out = tmp_path / name
-        kshot(
-            "train",
-            tmp_path / "images",
-            "--out",
-            out,
-            "--backbone",
-            "conv4",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "12",
-            "--seed",
-            seed,
-        )
+        kshot(*_train_args(tmp_path, out), "--seed", seed)
         return load_checkpoint(out)[0].state_dict()
 
     a, b, c = train("a", 0), train("b", 0), train("c", 1)
@@ -69,16 +72,7 @@ def test_margin_and_scale_reach_the_loss(kshot, tmp_path, images, monkeypatch):
 
     monkeypatch.setattr(training, "build_loss", spy)
     kshot(
-        "train",
-        tmp_path / "images",
-        "--out",
-        tmp_path / "m",
-        "--backbone",
-        "conv4",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "12",
+        *_train_args(tmp_path, tmp_path / "m"),
         "--loss",
         "cosface",
         "--margin",

@@ -139,7 +139,7 @@ def projector(
     from kshot.fewshot.library import Library
     from kshot.fewshot.projector import export_projector
 
-    entries = Library.open(library).catalogue.entries()
+    entries = Library.open(library).entries()
     thumbnails = []
     with progress("thumbnails", len(entries.sources)) as advance:
         for source in entries.sources:
@@ -174,7 +174,7 @@ def plot(
     from kshot.fewshot.library import Library
     from kshot.fewshot.plots import embedding_plots
 
-    entries = Library.open(library).catalogue.entries()
+    entries = Library.open(library).entries()
     try:
         written = embedding_plots(entries.vectors, entries.labels, out, seed)
     except ValueError as exc:
@@ -198,7 +198,7 @@ def outliers(
     from kshot.fewshot.library import Library
     from kshot.fewshot.outliers import cross_label_duplicates, label_disagreements
 
-    entries = Library.open(library).catalogue.entries()
+    entries = Library.open(library).entries()
     source = dict(zip(entries.ids.tolist(), entries.sources, strict=True))
     suspects = label_disagreements(
         entries.vectors, entries.labels, entries.ids, neighbours, min_disagreement

@@ -74,7 +74,7 @@ def evaluate_library(
     known = [j for j, label in enumerate(true) if label not in held_out]
     if not known:
         raise KshotError("no readable query of an enrolled class to evaluate")
-    entries = library.catalogue.entries()
+    entries = library.entries()
     report = {
         "method": method,
         "classes": len(library.classes()),

@@ -29,7 +29,7 @@ from kshot.embedder.inference import embed_files
 from kshot.embedder.model import Embedder
 from kshot.embedder.runtime import resolve_device
 from kshot.errors import InputError, KshotError
-from kshot.fewshot.catalogue import Catalogue, NewImage
+from kshot.fewshot.catalogue import Catalogue, Entries, NewImage
 from kshot.fewshot.decision import METHODS, Decision, decide, knn_scores, prototypes
 from kshot.fewshot.labels import check_label
 from kshot.index.vector_index import IndexSpec, VectorIndex
@@ -124,7 +124,10 @@ class Library:
         Catalogue(root / CATALOGUE, manifest.embedding_dim, create=True).close()
         VectorIndex(manifest.embedding_dim, spec).save(root / INDEX)
         write_text_atomic(root / MANIFEST, manifest.to_json())  # last: it marks a whole library
-        return cls(root, manifest, device)
+        library = cls(root, manifest, device)
+        # The model just saved, hash known: no need to read it back (the property's cache).
+        library.__dict__["embedder"] = embedder.for_inference(library.device)
+        return library
 
     @classmethod
     def open(cls, root: Path, model: Path | None = None, device: str = "auto") -> Library:
@@ -254,9 +257,13 @@ class Library:
         """``(label, image count)`` for each class, by label."""
         return self._cached("classes", self.catalogue.class_counts)
 
+    def entries(self) -> Entries:
+        """Every enrolled image's id, label, source and embedding, read once per change."""
+        return self._cached("entries", self.catalogue.entries)
+
     def _prototypes(self) -> tuple[list[str], np.ndarray]:
         def build():
-            entries = self.catalogue.entries()
+            entries = self.entries()
             return prototypes(entries.vectors, entries.labels)
 
         return self._cached("prototypes", build)
