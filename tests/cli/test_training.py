@@ -53,7 +53,7 @@ def test_train_refuses_a_folder_without_two_classes(kshot, tmp_path, images):
 
 
 def test_the_help_lists_every_loss(kshot):
-    from kshot.cli.app import LOSS_NAMES
+    from kshot.cli.train_command import LOSS_NAMES
     from kshot.embedder.losses import LOSSES
 
     assert list(LOSS_NAMES) == list(LOSSES)

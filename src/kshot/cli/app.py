@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from kshot.cli import inspection, render
+from kshot.cli import inspection, render, train_command
 from kshot.cli.console import (
     EXIT_FAILED,
     EXIT_SOME_INPUTS_FAILED,
@@ -18,7 +18,7 @@ from kshot.cli.console import (
     setup_logging,
 )
 from kshot.cli.embedders import embedder_from
-from kshot.cli.options import AsJson, Device, IndexKind, LibraryDir, Method, Normalization
+from kshot.cli.options import AsJson, Device, IndexKind, LibraryDir, Method
 from kshot.errors import KshotError
 
 app = typer.Typer(
@@ -27,20 +27,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-)
-
-
-# The names of kshot.embedder.losses.LOSSES, listed here so that --help needs no torch import
-# (tests/cli/test_training.py checks the two agree).
-LOSS_NAMES = (
-    "contrastive",
-    "triplet",
-    "quadruplet",
-    "sphereface",
-    "cosface",
-    "arcface",
-    "softmax",
-    "focal",
 )
 
 
@@ -244,62 +230,6 @@ def embed(
 
 
 @command
-def train(
-    data: Annotated[Path, typer.Argument(help="A folder with a sub-folder of images per class.")],
-    out: Annotated[Path, typer.Option(help="The model file to write.")],
-    backbone: Annotated[str, typer.Option(help="See `kshot backbones`.")] = "efficientnet_lite0",
-    loss: Annotated[str, typer.Option(help=f"One of: {', '.join(LOSS_NAMES)}.")] = "triplet",
-    margin: Annotated[
-        float | None, typer.Option(help="The loss's margin (default: the loss's own).")
-    ] = None,
-    scale: Annotated[
-        float | None, typer.Option(help="The angular losses' scale (default: the loss's own).")
-    ] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 10,
-    batch_size: Annotated[int, typer.Option(min=2)] = 64,
-    lr: Annotated[float, typer.Option(help="Learning rate (Adam).")] = 1e-3,
-    embedding_dim: Annotated[
-        int | None, typer.Option(help="Projection size; default: the backbone's features.")
-    ] = None,
-    image_size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
-    channels: Annotated[int | None, typer.Option(help="1 (grey) or 3; conv4 only.")] = None,
-    normalization: Annotated[
-        Normalization,
-        typer.Option(help="Per-channel mean/std: the backbone's, ImageNet's, or measured on DATA."),
-    ] = Normalization.backbone,
-    pretrained: Annotated[bool, typer.Option(help="Start from ImageNet weights.")] = True,
-    weights: Annotated[Path | None, typer.Option(help="Backbone weights file.")] = None,
-    rotation_classes: Annotated[
-        bool, typer.Option(help="Rotated copies of each class become extra classes.")
-    ] = False,
-    seed: int = 0,
-    device: Device = "auto",
-):
-    """Train an embedder with a metric-learning loss on labelled images."""
-    from kshot.cli.training import train_from_folder
-
-    train_from_folder(
-        data,
-        out,
-        backbone=backbone,
-        loss=loss,
-        loss_options={k: v for k, v in {"margin": margin, "scale": scale}.items() if v is not None},
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        embedding_dim=embedding_dim,
-        image_size=image_size,
-        channels=channels,
-        normalization=normalization.value,
-        pretrained=pretrained,
-        weights=weights,
-        rotation_classes=rotation_classes,
-        seed=seed,
-        device=device,
-    )
-
-
-@command
 def demo(
     workdir: Annotated[
         Path | None,
@@ -315,7 +245,13 @@ def demo(
     run_demo(workdir, epochs)
 
 
-for extra in (inspection.evaluate, inspection.projector, inspection.plot, inspection.outliers):
+for extra in (
+    train_command.train,
+    inspection.evaluate,
+    inspection.projector,
+    inspection.plot,
+    inspection.outliers,
+):
     command(extra)
 
 

@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
+import numpy as np
+
 from kshot.cli.console import say
+from kshot.cli.training_data import class_image_lists, read_training_folder, read_validation_folder
+from kshot.cli.training_observer import TrainingConsole, format_scores, state_path
 from kshot.embedder.backbones import get_backbone
 from kshot.embedder.checkpoint import save_checkpoint
-from kshot.embedder.images import class_folders
+from kshot.embedder.distributed import Distributed, start_from_env, stop
 from kshot.embedder.model import EmbedderConfig, build_embedder
 from kshot.embedder.preprocess import IMAGENET_MEAN, IMAGENET_STD, dataset_mean_std
-from kshot.embedder.training import EpochStats, TrainConfig, seed_everything, train_embedder
+from kshot.embedder.training import Observer, TrainConfig, seed_everything, train_embedder
+from kshot.embedder.trainset import split_data
+from kshot.embedder.weights import read_torch_file
 from kshot.errors import KshotError
+from kshot.fewshot.validation import TrainingValidation
+
+log = logging.getLogger("kshot")
+
+
+def default_holdout_classes(classes: int) -> int:
+    """A fifth of the classes, at most 5, and none unless at least 2 (a 2-way episode)."""
+    count = min(5, classes // 5)
+    return count if count >= 2 else 0
 
 
 def _config(
@@ -21,7 +37,8 @@ def _config(
     image_size: int | None,
     channels: int | None,
     normalization: str,
-    images: list[Path],
+    data: Path,
+    head: dict,
 ) -> EmbedderConfig:
     preprocess = get_backbone(backbone).default_preprocess()
     if image_size is not None:  # keep the backbone's resize-to-crop ratio
@@ -34,9 +51,10 @@ def _config(
     if normalization == "imagenet":
         preprocess = preprocess.with_normalization(IMAGENET_MEAN, IMAGENET_STD)
     elif normalization == "dataset":
+        images = [path for _, found in class_image_lists(data) for path in found]
         preprocess = preprocess.with_normalization(*dataset_mean_std(preprocess, images))
     try:
-        return EmbedderConfig(backbone, preprocess, embedding_dim=embedding_dim)
+        return EmbedderConfig(backbone, preprocess, embedding_dim=embedding_dim, **head)
     except ValueError as exc:
         raise KshotError(str(exc)) from None
 
@@ -47,47 +65,141 @@ def train_from_folder(
     *,
     backbone: str,
     embedding_dim: int | None = None,
+    head_hidden: int | None = None,
+    residual_head: bool = False,
     image_size: int | None = None,
     channels: int | None = None,
     normalization: str = "backbone",
     pretrained: bool = True,
     weights: Path | None = None,
+    val: Path | None = None,
+    val_fraction: float = 0.2,
+    holdout_classes: int | None = None,
+    logdir: Path | None = None,
+    resume: bool = False,
+    device: str = "auto",
     **train_options,
-) -> str:
-    """Train on ``data`` (one sub-folder per class), save to ``out``; returns the model hash.
+) -> str | None:
+    """Train on ``data`` (one sub-folder per class), save to ``out``; returns the model hash
+    (``None`` in a process other than the main one under torchrun).
 
     Left at their defaults, the preprocessing options are the backbone's own; ``pretrained``
-    applies to backbones that have pretrained weights. ``train_options`` go to ``TrainConfig``.
+    applies to backbones that have pretrained weights. ``val`` (a folder of the same classes)
+    replaces the ``val_fraction`` of each class held out; ``holdout_classes`` whole classes are
+    kept out of training to measure few-shot accuracy on new classes (default: see
+    :func:`default_holdout_classes`). ``train_options`` go to ``TrainConfig``.
     """
-    data = Path(data)
-    if not data.is_dir():
-        raise KshotError(f"{data}: no such directory")
-    folders = [(folder, images) for folder, images in class_folders(data) if images]
-    if len(folders) < 2:
-        raise KshotError(f"{data} needs at least two sub-folders of images, one per class")
-    images = [image for _, found in folders for image in found]
-    labels = [code for code, (_, found) in enumerate(folders) for _ in found]
-    config = _config(backbone, embedding_dim, image_size, channels, normalization, images)
+    world, device = start_from_env(device)
+    try:
+        return _train(
+            Path(data), Path(out), world, device, backbone, embedding_dim, head_hidden,
+            residual_head, image_size, channels, normalization, pretrained, weights, val,
+            val_fraction, holdout_classes, logdir, resume, train_options,
+        )  # fmt: skip
+    finally:
+        stop(world)
+
+
+def _train(
+    data, out, world: Distributed, device, backbone, embedding_dim, head_hidden, residual_head,
+    image_size, channels, normalization, pretrained, weights, val, val_fraction,
+    holdout_classes, logdir, resume, train_options,
+) -> str | None:  # fmt: skip
+    talk = say if world.is_main else (lambda message: None)
+    if not world.is_main:
+        log.setLevel(logging.ERROR)
+    head = {"head_hidden": head_hidden, "residual": residual_head}
+    config = _config(backbone, embedding_dim, image_size, channels, normalization, data, head)
     pretrained = pretrained and get_backbone(backbone).pretrained is not None
     train_config = TrainConfig(**train_options)
     seed_everything(train_config.seed)  # the new layers' initial weights too
     embedder = build_embedder(config, pretrained=pretrained, weights_file=weights)
-    say(f"training {backbone} on {len(images)} images of {len(folders)} classes")
-
-    def report(stats: EpochStats) -> None:
-        epoch = f"epoch {stats.epoch}/{train_config.epochs}"
-        say(f"{epoch}  loss {stats.loss:.4f}  {stats.seconds:.1f} s")
-
-    history = train_embedder(embedder, images, labels, train_config, on_epoch=report)
+    classes, images = read_training_folder(data, config.preprocess)
+    if holdout_classes is None:
+        holdout_classes = default_holdout_classes(len(classes))
+    labels = images.labels.numpy()
+    fraction = 0.0 if val is not None else val_fraction
+    split = split_data(labels, fraction, holdout_classes, train_config.seed)
+    val_set = images.subset(split.val)
+    if val is not None:
+        val_set = read_validation_folder(val, classes, config.preprocess)
+    holdout = images.subset(split.holdout)
+    validation = TrainingValidation(
+        val_set, images.subset(split.references), holdout, seed=train_config.seed
+    )
+    trained_classes = sorted({classes[c] for c in labels[split.train]})
+    held_classes = sorted({classes[c] for c in labels[split.holdout]})
+    talk(
+        f"training {backbone} on {len(split.train)} images of {len(trained_classes)} classes; "
+        f"validating on {validation.describe()}"
+    )
+    before = {}
+    if validation.enabled and world.is_main:
+        before = validation.untrained(embedder.to(device))
+        talk(f"before training (the backbone's own features): {format_scores(before)}")
+    state_file = state_path(out)
+    resume_from = _read_state(state_file) if resume else None
+    total = train_config.head_epochs + train_config.epochs
+    console = TrainingConsole(total, state_file, logdir) if world.is_main else Observer()
+    try:
+        result = train_embedder(
+            embedder,
+            images.subset(split.train),
+            train_config,
+            validate=validation if validation.enabled else None,
+            observer=console,
+            device=device,
+            world=world,
+            resume_from=resume_from,
+        )
+    finally:
+        if world.is_main:
+            console.close()
+    if not world.is_main:
+        return None
+    after = result.best_metrics or (result.history[-1].metrics if result.history else {})
+    _warn_if_new_classes_got_worse(before, after, held_classes)
     info = {
         "trained": True,
         "data": str(data.resolve()),
-        "classes": [folder.name for folder, _ in folders],
-        "train": dataclasses.asdict(train_config),
+        "classes": trained_classes,
+        "holdout_classes": held_classes,
+        "train": train_config.to_dict(),
         "pretrained": pretrained,
-        "final_loss": history[-1].loss,
+        "best_epoch": result.best_epoch,
+        "scores_before": before,
+        "scores_after": after,
+        "history": [dataclasses.asdict(stats) for stats in result.history],
     }
     digest = save_checkpoint(embedder, out, info)
-    seconds = sum(s.seconds for s in history) / len(history)
-    say(f"wrote {out} (model {digest[:12]}); mean epoch {seconds:.1f} s")
+    state_file.unlink(missing_ok=True)
+    seconds = np.mean([stats.seconds for stats in result.history]) if result.history else 0.0
+    best = f"; best epoch {result.best_epoch}: {format_scores(after)}" if result.best_epoch else ""
+    talk(f"wrote {out} (model {digest[:12]}); mean epoch {seconds:.1f} s{best}")
     return digest
+
+
+def _read_state(path: Path) -> dict:
+    if not path.exists():
+        raise KshotError(
+            f"nothing to resume: {path} does not exist (it is removed when a run ends)"
+        )
+    state = read_torch_file(path, "kshot training state")
+    if not isinstance(state, dict) or "stage_index" not in state:
+        raise KshotError(f"{path}: not a kshot training state file")
+    return state
+
+
+def _warn_if_new_classes_got_worse(before: dict, after: dict, held: list[str]) -> None:
+    key = "fewshot_accuracy"
+    if key in before and key in after and after[key] < before[key]:
+        log.warning(
+            "training made new classes worse: few-shot accuracy on the %d held-out classes "
+            "(%s) fell from %.1f%% with the untrained backbone's features to %.1f%%. "
+            "Try fewer epochs, --head-epochs with a frozen backbone, a --residual-head, "
+            "more augmentation, or no training at all.",
+            len(held),
+            ", ".join(held),
+            100 * before[key],
+            100 * after[key],
+        )

@@ -33,6 +33,8 @@ class BackboneSpec:
     pretrained: Callable[[], dict] | None
     # Replaces the classifier so the module returns pooled features.
     strip_classifier: Callable[[nn.Module], None] = lambda model: None
+    # The built module's stages, input side first: what "unfreeze the last N blocks" counts.
+    blocks: Callable[[nn.Module], list[nn.Module]] = lambda model: [model]
 
 
 def _set_identity(attribute: str) -> Callable[[nn.Module], None]:
@@ -49,7 +51,22 @@ def _set_identity(attribute: str) -> Callable[[nn.Module], None]:
     return strip
 
 
-def _torchvision(name: str, feature_dim: int, classifier: str) -> BackboneSpec:
+def _features_blocks(model: nn.Module) -> list[nn.Module]:
+    """MobileNet, EfficientNet, ConvNeXt: the children of ``features``, stem first."""
+    return list(model.features)
+
+
+def _resnet_blocks(model: nn.Module) -> list[nn.Module]:
+    stem = nn.ModuleList([model.conv1, model.bn1])
+    return [stem, model.layer1, model.layer2, model.layer3, model.layer4]
+
+
+def _torchvision(
+    name: str,
+    feature_dim: int,
+    classifier: str,
+    blocks: Callable[[nn.Module], list[nn.Module]] = _features_blocks,
+) -> BackboneSpec:
     def weights():
         from torchvision.models import get_model_weights
 
@@ -79,6 +96,7 @@ def _torchvision(name: str, feature_dim: int, classifier: str) -> BackboneSpec:
         build=build,
         pretrained=lambda: torchvision_state_dict(name, weights()),
         strip_classifier=_set_identity(classifier),
+        blocks=blocks,
     )
 
 
@@ -102,6 +120,11 @@ def _efficientnet_lite0() -> BackboneSpec:
         build=build,
         pretrained=pretrained,
         strip_classifier=_set_identity("_fc"),
+        blocks=lambda model: [
+            nn.ModuleList([model._conv_stem, model._bn0]),
+            *model._blocks,
+            nn.ModuleList([model._conv_head, model._bn1]),
+        ],
     )
 
 
@@ -112,6 +135,7 @@ def _conv4() -> BackboneSpec:
         default_preprocess=lambda: PreprocessConfig(28, 28, (0.5,), (0.5,), channels=1),
         build=lambda config: conv4(config.channels),
         pretrained=None,
+        blocks=lambda model: [model[i : i + 4] for i in range(0, 16, 4)],
     )
 
 
@@ -123,8 +147,8 @@ BACKBONES: dict[str, BackboneSpec] = {
         _torchvision("mobilenet_v3_large", 960, "classifier"),
         _torchvision("efficientnet_b0", 1280, "classifier.1"),
         _torchvision("efficientnet_b3", 1536, "classifier.1"),
-        _torchvision("resnet50", 2048, "fc"),
-        _torchvision("resnext50_32x4d", 2048, "fc"),
+        _torchvision("resnet50", 2048, "fc", _resnet_blocks),
+        _torchvision("resnext50_32x4d", 2048, "fc", _resnet_blocks),
         _torchvision("convnext_small", 768, "classifier.2"),
         _conv4(),
     )

@@ -31,10 +31,15 @@ class Embedded:
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[Path], config: PreprocessConfig, digest: bool):
+    """Each file decoded and prepared (``pixels=True``: the uint8 crop, not normalised)."""
+
+    def __init__(
+        self, paths: Sequence[Path], config: PreprocessConfig, digest: bool, pixels: bool = False
+    ):
         self.paths = list(paths)
         self.config = config
         self.digest = digest
+        self.prepare = config.pixels if pixels else config.prepare
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -44,7 +49,7 @@ class _ImageFiles(Dataset):
             loaded = self.config.read(self.paths[i], self.digest)
         except InputError as exc:
             return i, None, None, exc
-        return i, self.config.prepare(loaded.image), loaded.sha256, None
+        return i, self.prepare(loaded.image), loaded.sha256, None
 
 
 def _collate(items):
@@ -60,9 +65,10 @@ def _batches(
     batch_size: int,
     workers: int,
     digest: bool,
+    pixels: bool = False,
 ) -> Iterable:
     """Batches of ``(indices, images (B, C, H, W) or None, sha256s, [(index, InputError)])``."""
-    files = _ImageFiles([Path(p) for p in paths], config, digest)
+    files = _ImageFiles([Path(p) for p in paths], config, digest, pixels)
     if workers == 0:  # in this process, sparing the DataLoader's 0.3 ms per call
         return (
             _collate([files[i] for i in range(start, min(start + batch_size, len(files)))])
@@ -71,18 +77,19 @@ def _batches(
     return DataLoader(files, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
 
 
-def load_tensors(
-    config: PreprocessConfig, paths: Sequence[str | Path], workers: int = 0
+def load_pixels(
+    config: PreprocessConfig, paths: Sequence[str | Path]
 ) -> tuple[torch.Tensor, list[int], list[tuple[int, InputError]]]:
-    """Decode and prepare ``paths``: ``(images (n, C, H, W), indices kept, errors)``."""
+    """Decode and crop ``paths``: ``(uint8 crops (n, C, H, W), indices kept, errors)``;
+    ``config.normalize`` turns the crops into the embedder's input."""
     chunks, kept, failed = [], [], []
-    for indices, batch, _, errors in _batches(paths, config, 256, workers, False):
+    for indices, batch, _, errors in _batches(paths, config, 256, 0, False, pixels=True):
         if batch is not None:
             chunks.append(batch)
             kept += indices
         failed += errors
     size = (0, config.channels, config.input_size, config.input_size)
-    return (torch.cat(chunks) if chunks else torch.zeros(size)), kept, failed
+    return (torch.cat(chunks) if chunks else torch.zeros(size, dtype=torch.uint8)), kept, failed
 
 
 @torch.inference_mode()
@@ -91,6 +98,36 @@ def embed_batch(embedder: Embedder, images: torch.Tensor) -> np.ndarray:
     device = next(embedder.parameters()).device
     images = images.to(device).contiguous(memory_format=torch.channels_last)
     return embedder(images).float().cpu().numpy()
+
+
+@torch.inference_mode()
+def _in_chunks(
+    embedder: Embedder, network: Callable, pixels: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """``network`` over uint8 crops ``pixels (n, C, H, W)``, normalised a batch at a time
+    (only one batch is ever held as floats); results stay on the embedder's device."""
+    device = next(embedder.parameters()).device
+    normalize = embedder.config.preprocess.normalize
+    outputs = [
+        network(normalize(pixels[i : i + batch_size]).to(device))
+        for i in range(0, len(pixels), batch_size)
+    ]
+    return torch.cat(outputs) if outputs else torch.zeros((0, embedder.embedding_dim))
+
+
+def embed_pixels(embedder: Embedder, pixels: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """uint8 crops ``(n, C, H, W)`` -> ``(n, D)`` float32 unit vectors, in eval mode."""
+    embedder.eval()
+    return _in_chunks(embedder, embedder, pixels, batch_size).float().cpu().numpy()
+
+
+def backbone_features(
+    embedder: Embedder, pixels: torch.Tensor, batch_size: int = 64
+) -> torch.Tensor:
+    """uint8 crops ``(n, C, H, W)`` -> the backbone's features ``(n, feature_dim)``, with the
+    backbone in eval mode (as a frozen backbone trains)."""
+    embedder.backbone.eval()
+    return _in_chunks(embedder, embedder.backbone, pixels, batch_size).cpu()
 
 
 def embed_files(

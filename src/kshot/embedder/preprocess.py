@@ -83,11 +83,15 @@ class PreprocessConfig:
         array = torch.from_numpy(np.array(crop, dtype=np.uint8))
         return array.unsqueeze(0) if array.ndim == 2 else array.permute(2, 0, 1)
 
-    def prepare(self, image: Image.Image) -> torch.Tensor:
-        """The normalised float tensor ``(channels, input_size, input_size)`` of ``image``."""
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(..., channels, H, W)`` -> the float tensor the embedder takes."""
         mean = torch.tensor(self.mean).view(-1, 1, 1) * 255
         std = torch.tensor(self.std).view(-1, 1, 1) * 255
-        return self.pixels(image).float().sub_(mean).div_(std)
+        return pixels.float().sub_(mean).div_(std)
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """The normalised float tensor ``(channels, input_size, input_size)`` of ``image``."""
+        return self.normalize(self.pixels(image))
 
     def read(self, path: str | Path, digest: bool = False) -> LoadedImage:
         """Decode ``path`` for this preprocessing: JPEGs at the smallest DCT scale that still

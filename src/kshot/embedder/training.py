@@ -1,31 +1,51 @@
-"""Training an embedder on labelled images with a metric-learning loss.
+"""Training an embedder with a metric-learning loss, in up to two stages.
+
+Stage 1 (``head_epochs``) trains what sits on a frozen backbone: the projection head and the
+loss's own parameters (the angular losses' class weights). Without augmentation the frozen
+backbone's features are computed once and the stage trains on them. Stage 2 (``epochs``)
+unfreezes the backbone's last ``trainable_blocks`` blocks (all by default) at ``finetune_lr``.
 
 Batches are class-balanced (``m`` images of each of ``batch_size / m`` classes, from
-pytorch-metric-learning's ``MPerClassSampler``) so that every batch holds positive pairs.
+pytorch-metric-learning's ``MPerClassSampler``) so that every batch holds positive pairs. Every
+epoch reseeds from ``(seed, epoch)``, and the state after each epoch (weights, optimisers,
+schedules, best score) can be saved, so a run resumed from its state file continues exactly as
+if it had not stopped.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
+from pytorch_metric_learning.reducers import ClassWeightedReducer
 from pytorch_metric_learning.samplers import MPerClassSampler
 from pytorch_metric_learning.utils import common_functions
-from torch.utils.data import DataLoader, TensorDataset
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from kshot.embedder.inference import load_tensors
+from kshot.embedder.augment import AugmentConfig, build_augment
+from kshot.embedder.distributed import Distributed
+from kshot.embedder.freezing import freeze_backbone, set_train_mode, trainable_parameters
+from kshot.embedder.inference import backbone_features
 from kshot.embedder.losses import build_loss
 from kshot.embedder.model import Embedder
-from kshot.embedder.runtime import resolve_device, tune_allocator
+from kshot.embedder.optim import build_optimizer, build_schedule, step_schedule
+from kshot.embedder.runtime import tune_allocator
+from kshot.embedder.trainset import AugmentedImages, ImageSet, with_rotation_classes
 from kshot.errors import KshotError
 
 log = logging.getLogger("kshot")
+
+# The validation score that picks the best epoch, stops early and drives ``plateau``.
+SCORE = "precision_at_1"
 
 
 @dataclass(frozen=True)
@@ -33,23 +53,76 @@ class TrainConfig:
     loss: str = "triplet"
     # Laid over the loss's defaults (kshot.embedder.losses.LOSS_DEFAULTS), e.g. {"margin": 0.2}.
     loss_options: dict = field(default_factory=dict)
-    epochs: int = 10
+    epochs: int = 10  # stage 2: the backbone's last ``trainable_blocks`` blocks train
+    head_epochs: int = 0  # stage 1: the backbone frozen
+    trainable_blocks: int | None = None  # stage 2; None: every block
     batch_size: int = 64
     samples_per_class: int = 4
-    lr: float = 1e-3
+    balanced_batches: bool = True  # False: shuffled batches, in the data's class frequencies
+    class_weights: bool = False  # weigh each image's loss by 1 / its class's frequency
+    optimizer: str = "adam"
+    lr: float = 1e-3  # stage 1, and the loss's own parameters throughout
+    finetune_lr: float | None = None  # stage 2; default: lr / 10 after a stage 1, else lr
+    weight_decay: float | None = None
+    schedule: str = "none"
+    patience: int | None = None  # stop a stage after this many epochs without a better score
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    rotation_classes: bool = False  # see kshot.embedder.trainset.with_rotation_classes
+    amp: bool = True  # float16 autocast on CUDA (ignored on the CPU)
     seed: int = 0
-    device: str = "auto"
-    # Each class's images turned by 90, 180 and 270 degrees become three more classes: more
-    # classes to learn from, which helps what is learnt carry over to new classes (Santoro et al.
-    # 2016, Snell et al. 2017). For images with an upright, like characters, not leaves from above.
-    rotation_classes: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    epochs: int
+    lr: float
+    trainable_blocks: int | None  # of the backbone: 0 frozen, None all
+
+
+def plan_stages(config: TrainConfig) -> list[Stage]:
+    stages = []
+    if config.head_epochs > 0:
+        stages.append(Stage("head", config.head_epochs, config.lr, 0))
+    finetune_lr = config.finetune_lr or (config.lr / 10 if stages else config.lr)
+    if config.epochs > 0:
+        name = "finetune" if stages else "train"
+        stages.append(Stage(name, config.epochs, finetune_lr, config.trainable_blocks))
+    if not stages:
+        raise KshotError("nothing to train: epochs and head epochs are both 0")
+    return stages
 
 
 @dataclass(frozen=True)
 class EpochStats:
-    epoch: int
+    stage: str
+    epoch: int  # counted over all stages, from 1
     loss: float
-    seconds: float
+    seconds: float  # the training steps, without validation
+    lr: float
+    metrics: dict = field(default_factory=dict)  # the validation's, if any
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochStats]
+    best_epoch: int | None  # the epoch whose weights the embedder ends with (None: the last)
+    best_metrics: dict
+
+
+class Observer:
+    """What a training run tells its caller; the default does nothing.
+
+    ``save_state`` gets a dict of tensors and plain values after every epoch, to write where a
+    later run can :func:`train_embedder` it back as ``resume_from``."""
+
+    def epoch_started(self, stage: str, epoch: int, steps: int) -> None: ...
+    def step_done(self) -> None: ...
+    def epoch_done(self, stats: EpochStats) -> None: ...
+    def save_state(self, state: dict) -> None: ...
 
 
 def seed_everything(seed: int) -> None:
@@ -59,56 +132,297 @@ def seed_everything(seed: int) -> None:
     common_functions.NUMPY_RANDOM = np.random.RandomState(seed)  # pml's samplers and miners
 
 
+class LossModel(nn.Module):
+    """``(inputs, labels) -> loss``: the network, the miner and the loss as one module, so that
+    DistributedDataParallel sees every trained parameter (the loss's class weights too)."""
+
+    def __init__(self, net: nn.Module, loss: nn.Module, miner: nn.Module | None):
+        super().__init__()
+        self.net, self.loss, self.miner = net, loss, miner
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        embeddings = self.net(inputs)
+        pairs = self.miner(embeddings, labels) if self.miner is not None else None
+        return self.loss(embeddings, labels, pairs)
+
+
+class _FromFeatures(nn.Module):
+    """The embedder past its backbone: trains on features computed beforehand."""
+
+    def __init__(self, embedder: Embedder):
+        super().__init__()
+        self.embedder = embedder
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.embedder.embed_features(features)
+
+
+class Stepper:
+    """One optimisation step: forward, loss, backward, every optimiser (with a gradient scaler
+    under float16 autocast on CUDA). ``benchmarks/train_step.py`` times it against a bare loop."""
+
+    def __init__(self, model: nn.Module, optimizers: list, device: torch.device, amp: bool):
+        self.model, self.optimizers, self.device = model, optimizers, device
+        self.amp = amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
+
+    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        inputs = inputs.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            loss = self.model(inputs, labels)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        for optimizer in self.optimizers:
+            self.scaler.step(optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+
+def _class_codes(images: ImageSet, rotation_classes: bool) -> ImageSet:
+    """Labels recoded 0..C-1: the angular losses index their class weights by them."""
+    codes = torch.as_tensor(np.unique(images.labels.numpy(), return_inverse=True)[1].reshape(-1))
+    images = ImageSet(images.pixels, codes)
+    return with_rotation_classes(images) if rotation_classes else images
+
+
+def _loader(dataset, labels: torch.Tensor, config: TrainConfig, world: Distributed) -> DataLoader:
+    """An epoch of about ``len(labels)`` images over all processes (at least one batch each)."""
+    classes = len(torch.unique(labels))
+    m = config.samples_per_class
+    per_rank = len(labels) // world.world_size
+    if config.balanced_batches:
+        batch = max(m, min(config.batch_size, m * classes) // m * m)
+        length = max(per_rank, batch)
+        sampler = MPerClassSampler(labels, m, batch_size=batch, length_before_new_iter=length)
+    else:
+        batch = min(config.batch_size, len(labels))
+        sampler = RandomSampler(dataset, num_samples=max(per_rank, batch))
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True)
+
+
+def _class_weights(labels: torch.Tensor) -> torch.Tensor:
+    """1 / class frequency, scaled to average 1 over the images."""
+    counts = torch.bincount(labels).float()
+    weights = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
+    return weights * len(labels) / weights[labels].sum()
+
+
+def _check_resumable(state: dict, config: TrainConfig, images: ImageSet) -> None:
+    saved, now = state["config"], config.to_dict()
+    changed = sorted(k for k in now if saved.get(k) != now[k] and k != "patience")
+    if changed:
+        raise KshotError(
+            "cannot resume: the training settings differ from the stopped run's in "
+            + ", ".join(f"{k} ({saved.get(k)!r} then, {now[k]!r} now)" for k in changed)
+        )
+    if state["images"] != len(images):
+        raise KshotError(
+            f"cannot resume: the stopped run trained on {state['images']} images, "
+            f"this one has {len(images)}"
+        )
+
+
 def train_embedder(
     embedder: Embedder,
-    images: Sequence[Path],
-    labels: Sequence[int],
+    images: ImageSet,
     config: TrainConfig,
-    on_epoch: Callable[[EpochStats], None] | None = None,
-) -> list[EpochStats]:
-    """Train ``embedder`` in place on ``images`` with integer class ``labels``.
+    *,
+    validate: Callable[[Embedder], dict] | None = None,
+    observer: Observer | None = None,
+    device: torch.device | None = None,
+    world: Distributed | None = None,
+    resume_from: dict | None = None,
+) -> TrainResult:
+    """Train ``embedder`` in place on ``images``; returns the history.
 
-    Images are decoded once and kept in memory as tensors (no augmentation yet).
+    ``validate(embedder) -> metrics`` runs after every epoch (on the main process); if its
+    metrics hold ``precision_at_1``, the embedder ends with the weights of the epoch that scored
+    best, and ``patience`` stops a stage that has stopped improving.
     """
-    if len(set(labels)) < 2:
+    observer, world = observer or Observer(), world or Distributed()
+    device = device or torch.device("cpu")
+    if len(torch.unique(images.labels)) < 2:
         raise KshotError("training needs at least two classes")
     tune_allocator()
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    tensors, kept, failed = load_tensors(embedder.config.preprocess, images)
-    for _, error in failed:
-        log.warning("skipping %s", error)
-    # Class codes 0..C-1, as the angular-margin losses index their class weights by them.
-    targets = torch.as_tensor(np.unique([labels[i] for i in kept], return_inverse=True)[1])
-    if config.rotation_classes:
-        tensors = torch.cat([torch.rot90(tensors, k, dims=(2, 3)) for k in range(4)])
-        targets = torch.cat([targets * 4 + k for k in range(4)])
-    classes = len(torch.unique(targets))
-    m = config.samples_per_class
-    batch = max(m, min(config.batch_size, m * classes) // m * m)
-    sampler = MPerClassSampler(targets, m, batch_size=batch, length_before_new_iter=len(targets))
-    loader = DataLoader(TensorDataset(tensors, targets), batch_size=batch, sampler=sampler)
-
-    loss_fn, miner = build_loss(config.loss, classes, embedder.embedding_dim, **config.loss_options)
-    embedder.to(device).train()
+    images = _class_codes(images, config.rotation_classes)
+    classes = int(images.labels.max()) + 1
+    extra = {}
+    if config.class_weights:
+        extra["reducer"] = ClassWeightedReducer(_class_weights(images.labels))
+    loss_fn, miner = build_loss(
+        config.loss, classes, embedder.embedding_dim, **config.loss_options, **extra
+    )
+    embedder.to(device)
     loss_fn.to(device)
-    params = list(embedder.parameters()) + list(loss_fn.parameters())
-    optimizer = torch.optim.Adam(params, lr=config.lr)
-    history = []
-    for epoch in range(1, config.epochs + 1):
-        start, total, steps = time.perf_counter(), 0.0, 0
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            embeddings = embedder(x)
-            pairs = miner(embeddings, y) if miner is not None else None
-            loss = loss_fn(embeddings, y, pairs)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, steps = total + loss.item(), steps + 1
-        stats = EpochStats(epoch, total / max(steps, 1), time.perf_counter() - start)
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(stats)
+    run = _Run(embedder, loss_fn, miner, images, config, observer, device, world, validate)
+    if resume_from is not None:
+        _check_resumable(resume_from, config, images)
+        run.restore(resume_from)
+    for index, stage in enumerate(plan_stages(config)):
+        if index >= run.stage_index:
+            run.train_stage(index, stage)
+    if run.best_state is not None:
+        embedder.load_state_dict(run.best_state)
     embedder.eval()
-    return history
+    return TrainResult(run.history, run.best_epoch, run.best_metrics)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Each epoch's own seed: a resumed run draws the same batches as an unbroken one."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+class _Run:
+    """The state of one training run across its stages and epochs."""
+
+    def __init__(self, embedder, loss_fn, miner, images, config, observer, device, world, validate):
+        self.embedder, self.loss_fn, self.miner = embedder, loss_fn, miner
+        self.images, self.config, self.observer = images, config, observer
+        self.device, self.world, self.validate = device, world, validate
+        self.history: list[EpochStats] = []
+        self.best_state: dict | None = None
+        self.best_epoch: int | None = None
+        self.best_metrics: dict = {}
+        self.best_score = float("-inf")
+        self.stage_index, self.stage_epoch, self.stale = 0, 0, 0
+        self.saved_optimizers: dict | None = None
+
+    def restore(self, state: dict) -> None:
+        self.embedder.load_state_dict(state["model"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.history = [EpochStats(**stats) for stats in state["history"]]
+        self.best_state, self.best_epoch = state["best_state"], state["best_epoch"]
+        self.best_metrics, self.best_score = state["best_metrics"], state["best_score"]
+        self.stage_index, self.stage_epoch = state["stage_index"], state["stage_epoch"]
+        self.stale = state["stale"]
+        self.saved_optimizers = state["optimizers"]
+        if state["stage_finished"]:
+            self.stage_index, self.stage_epoch, self.stale = self.stage_index + 1, 0, 0
+            self.saved_optimizers = None
+
+    def _inputs(self, cached: bool) -> tuple[nn.Module, torch.utils.data.Dataset]:
+        """The network a stage trains and what it reads: frozen-backbone features computed
+        once, or the images, augmented as configured."""
+        if cached:
+            features = backbone_features(self.embedder, self.images.pixels)
+            return _FromFeatures(self.embedder), TensorDataset(features, self.images.labels)
+        augment = build_augment(self.config.augment)
+        preprocess = self.embedder.config.preprocess
+        return self.embedder, AugmentedImages(self.images, augment, preprocess)
+
+    def _optimizers(self, stage: Stage) -> list[torch.optim.Optimizer]:
+        """One for the embedder's trainable weights, one for the loss's own (the class weights
+        of the angular losses; pytorch-metric-learning has them optimised separately)."""
+        config, optimizers = self.config, []
+        params = trainable_parameters(self.embedder)
+        if params:
+            optimizers.append(
+                build_optimizer(config.optimizer, params, stage.lr, config.weight_decay)
+            )
+        loss_params = trainable_parameters(self.loss_fn)
+        if loss_params:
+            optimizers.append(
+                build_optimizer(config.optimizer, loss_params, config.lr, config.weight_decay)
+            )
+        return optimizers
+
+    def train_stage(self, index: int, stage: Stage) -> None:
+        config, world = self.config, self.world
+        frozen = freeze_backbone(self.embedder, stage.trainable_blocks)
+        optimizers = self._optimizers(stage)
+        if not optimizers:
+            log.info("stage %r skipped: it has nothing to train", stage.name)
+            return
+        cached = stage.trainable_blocks == 0 and not config.augment.active
+        net, dataset = self._inputs(cached)
+        model: nn.Module = LossModel(net, self.loss_fn, self.miner)
+        if world.enabled:
+            ids = [self.device] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        schedules = [build_schedule(config.schedule, o, stage.epochs) for o in optimizers]
+        if self.saved_optimizers is not None:
+            for optimizer, state in zip(
+                optimizers, self.saved_optimizers["optimizers"], strict=True
+            ):
+                optimizer.load_state_dict(state)
+            for schedule, state in zip(schedules, self.saved_optimizers["schedules"], strict=True):
+                if schedule is not None:
+                    schedule.load_state_dict(state)
+        step = Stepper(model, optimizers, self.device, config.amp)
+        for stage_epoch in range(self.stage_epoch + 1, stage.epochs + 1):
+            epoch = len(self.history) + 1
+            seed_everything(_epoch_seed(config.seed, epoch, world.rank))
+            loader = _loader(dataset, self.images.labels, config, world)
+            set_train_mode(self.embedder, frozen)
+            self.observer.epoch_started(stage.name, epoch, len(loader))
+            start, total, steps = time.perf_counter(), torch.zeros((), device=self.device), 0
+            for inputs, labels in loader:
+                total += step(inputs, labels)
+                steps += 1
+                self.observer.step_done()
+            seconds = time.perf_counter() - start
+            loss = total.item() / max(steps, 1)
+            lr = optimizers[0].param_groups[0]["lr"]
+            metrics = self._validated()
+            score = metrics.get(SCORE, -loss)
+            for schedule in schedules:
+                step_schedule(schedule, score)
+            stats = EpochStats(stage.name, epoch, loss, seconds, lr, metrics)
+            self.history.append(stats)
+            self._keep_if_best(stats)
+            finished = stage_epoch == stage.epochs or (
+                config.patience is not None and self.stale >= config.patience
+            )
+            self.observer.epoch_done(stats)
+            if world.is_main:
+                state = self._state(index, stage_epoch, finished, optimizers, schedules)
+                self.observer.save_state(state)
+            if finished:
+                break
+        self.stage_epoch, self.stale, self.saved_optimizers = 0, 0, None
+
+    def _validated(self) -> dict:
+        if self.validate is None:
+            return {}
+        metrics = self.validate(self.embedder) if self.world.is_main else None
+        return self.world.share_from_main(metrics)
+
+    def _keep_if_best(self, stats: EpochStats) -> None:
+        if SCORE not in stats.metrics:
+            return
+        if stats.metrics[SCORE] > self.best_score:
+            self.best_score, self.best_epoch, self.best_metrics = (
+                stats.metrics[SCORE],
+                stats.epoch,
+                dict(stats.metrics),
+            )
+            self.best_state = {
+                k: v.detach().cpu().clone() for k, v in self.embedder.state_dict().items()
+            }
+            self.stale = 0
+        else:
+            self.stale += 1
+
+    def _state(self, index, stage_epoch, finished, optimizers, schedules) -> dict:
+        """Everything a resumed run needs, as tensors and plain values (``weights_only``)."""
+        return {
+            "config": self.config.to_dict(),
+            "images": len(self.images),
+            "model": {k: v.detach().cpu() for k, v in self.embedder.state_dict().items()},
+            "loss": {k: v.detach().cpu() for k, v in self.loss_fn.state_dict().items()},
+            "optimizers": {
+                "optimizers": [copy.deepcopy(o.state_dict()) for o in optimizers],
+                "schedules": [s.state_dict() if s is not None else None for s in schedules],
+            },
+            "stage_index": index,
+            "stage_epoch": stage_epoch,
+            "stage_finished": finished,
+            "stale": self.stale,
+            "history": [dataclasses.asdict(stats) for stats in self.history],
+            "best_state": self.best_state,
+            "best_epoch": self.best_epoch,
+            "best_metrics": self.best_metrics,
+            "best_score": self.best_score,
+        }

@@ -1,0 +1,97 @@
+"""How a training run scores its embedder after each epoch, with kshot's own decisions.
+
+Two questions, from two kinds of held-out data:
+
+* Known classes: each held-out image queries a few *reference* images of the training classes
+  (up to ``references`` per class, drawn once from the training images). ``precision_at_1``:
+  its nearest reference has its class; ``accuracy``: the nearest class prototype of the
+  references is its class (what ``kshot query`` answers). ``precision_at_1`` picks the best
+  epoch.
+* New classes: whole classes training never sees, as ``kshot enroll`` would get them.
+  ``fewshot_accuracy``: the mean accuracy of episodes over all of them, ``shots`` images
+  enrolled per class and the rest queried. This is what a few-shot model is for, and what
+  training can make worse while the known classes improve.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch.nn.functional as F
+
+from kshot.embedder.inference import backbone_features, embed_pixels
+from kshot.embedder.model import Embedder
+from kshot.embedder.trainset import ImageSet
+from kshot.fewshot.episodes import episode_accuracy, run_episodes
+from kshot.fewshot.metrics import retrieval_metrics
+
+
+class TrainingValidation:
+    def __init__(
+        self,
+        val: ImageSet | None,
+        references: ImageSet | None,
+        holdout: ImageSet | None,
+        shots: int = 5,
+        episodes: int = 20,
+        seed: int = 0,
+    ):
+        self.val = val if val is not None and len(val) and references is not None else None
+        self.references = references
+        self.holdout = holdout if holdout is not None and len(holdout) else None
+        self.episodes, self.seed = episodes, seed
+        if self.holdout is not None:
+            counts = np.bincount(self.holdout.labels.numpy())
+            smallest = int(counts[counts > 0].min())
+            self.ways = int((counts > 0).sum())
+            self.shots = max(1, min(shots, smallest - 1))
+            self.queries = smallest - self.shots
+            if self.ways < 2 or self.queries < 1:
+                self.holdout = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.val is not None or self.holdout is not None
+
+    def describe(self) -> str:
+        parts = []
+        if self.val is not None:
+            parts.append(f"{len(self.val)} held-out images of the training classes")
+        if self.holdout is not None:
+            parts.append(
+                f"{self.ways} held-out classes ({self.ways}-way {self.shots}-shot, "
+                f"{self.queries} queries per class, {self.episodes} episodes)"
+            )
+        return " and ".join(parts) if parts else "nothing held out"
+
+    def __call__(self, embedder: Embedder) -> dict:
+        """The scores of ``embedder`` as it embeds."""
+        return self._scores(lambda pixels: embed_pixels(embedder, pixels))
+
+    def untrained(self, embedder: Embedder) -> dict:
+        """The scores of ``embedder``'s backbone features alone (no head): where the backbone
+        stands before training."""
+
+        def features(pixels):
+            return F.normalize(backbone_features(embedder, pixels), dim=1).numpy()
+
+        return self._scores(features)
+
+    def _scores(self, embed) -> dict:
+        scores = {}
+        if self.val is not None:
+            queries, references = embed(self.val.pixels), embed(self.references.pixels)
+            q_labels, r_labels = self.val.labels.numpy(), self.references.labels.numpy()
+            retrieval = retrieval_metrics(queries, q_labels, references, r_labels)
+            vectors = np.concatenate([references, queries])
+            labels = np.concatenate([r_labels, q_labels])
+            support = np.arange(len(references))
+            query = np.arange(len(references), len(vectors))
+            scores["precision_at_1"] = retrieval["precision_at_1"]
+            scores["accuracy"] = episode_accuracy(vectors, labels, support, query)
+        if self.holdout is not None:
+            vectors, labels = embed(self.holdout.pixels), self.holdout.labels.numpy()
+            result = run_episodes(
+                vectors, labels, self.ways, self.shots, self.queries, self.episodes, self.seed
+            )
+            scores["fewshot_accuracy"] = result["mean_accuracy"]
+        return scores
