@@ -20,7 +20,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -95,12 +94,14 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--embedding-dim", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.0, help="held out to pick the best epoch"
+    )
     parser.add_argument("--export-runs", type=Path, default=None)
     args = parser.parse_args()
     model = args.out / f"omniglot-{args.loss}.kshot"
     with tempfile.TemporaryDirectory() as tmp:
         background = unpack_background(args.data, Path(tmp) / "background")
-        start = time.perf_counter()
         train_from_folder(
             background,
             model,
@@ -117,8 +118,11 @@ def main() -> int:
             lr=args.lr,
             batch_size=args.batch_size,
             seed=args.seed,
+            val_fraction=args.val_fraction,
+            holdout_classes=0,
         )
-        seconds = (time.perf_counter() - start) / args.epochs
+        history = load_checkpoint(model)[1]["history"]
+        seconds = sum(epoch["seconds"] for epoch in history) / len(history)
         runs = unpack_runs(args.data, Path(tmp) / "runs")
         errors = one_shot_errors(model, runs)
         if args.export_runs:

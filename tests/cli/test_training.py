@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
+from PIL import Image
 
 from kshot.embedder.checkpoint import load_checkpoint
+from tests.cli.conftest import make_image
+from tests.conftest import pattern
 
 
 def _train_args(tmp_path, out) -> tuple:
@@ -95,3 +104,308 @@ def test_margin_and_scale_reach_the_loss(kshot, tmp_path, images, monkeypatch):
         code=1,
     ).output
     assert "cannot take ['margin']" in output
+
+
+# --- a bad data folder -----------------------------------------------------------------------
+
+
+def test_a_bad_class_folder_is_reported_and_the_rest_trains(kshot, tmp_path, images):
+    data = tmp_path / "images"
+    (data / "empty").mkdir()
+    make_image(data / "single" / "0.png", "blob", 50)
+    broken = data / "bars" / "broken.png"
+    broken.write_text("not a picture")
+    model = tmp_path / "model.kshot"
+    result = kshot("train", data, "--out", model, "--backbone", "conv4", "--epochs", "1")
+    output = result.output
+    assert "skipping class 'empty'" in output and "holds no images" in output
+    assert "skipping class 'single'" in output and "needs two per class" in output
+    assert f"skipping {broken}" in output
+    assert "training conv4 on" in output and "of 3 classes" in output
+    _, info = load_checkpoint(model)
+    assert info["classes"] == ["bars", "blob", "corner"]
+
+
+def test_fewer_than_two_usable_classes_is_an_error(kshot, tmp_path):
+    data = tmp_path / "data"
+    for i in range(3):
+        make_image(data / "bars" / f"{i}.png", "bars", i)
+    make_image(data / "single" / "0.png", "blob", 0)
+    (data / "empty").mkdir()
+    (data / "unreadable").mkdir()
+    (data / "unreadable" / "a.png").write_text("text")
+    (data / "unreadable" / "b.png").write_text("text")
+    model = tmp_path / "model.kshot"
+    output = kshot("train", data, "--out", model, "--backbone", "conv4", code=1).output
+    assert "skipping class 'single'" in output
+    assert "skipping class 'unreadable': none of its images could be read" in output
+    assert "kshot: error:" in output and "at least two sub-folders" in output
+    assert "it has 1" in output
+    assert not model.exists()
+
+
+# --- --resume --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "stop_after"),
+    [
+        (("--epochs", "2", "--val-fraction", "0"), 1),  # no validation: ends with the last weights
+        (("--epochs", "2"), 1),  # ends with the best epoch's weights
+        (("--head-epochs", "1", "--epochs", "1"), 1),
+        (("--epochs", "2"), 2),  # stopped before the model file was written
+    ],
+    ids=["mid-stage", "mid-stage-validated", "between-stages", "after-the-last-epoch"],
+)
+def test_resume_finishes_a_stopped_run_as_if_it_had_not_stopped(
+    kshot, tmp_path, images, monkeypatch, options, stop_after
+):
+    from kshot.cli.training_observer import TrainingConsole, state_path
+    from kshot.embedder.checkpoint import model_hash
+
+    args = ("train", tmp_path / "images", "--backbone", "conv4", "--batch-size", "12", *options)
+    args += ("--embedding-dim", "16")
+    whole = tmp_path / "whole.kshot"
+    kshot(*args, "--out", whole)
+    assert not state_path(whole).exists()
+
+    out = tmp_path / "resumed.kshot"
+    real_save_state = TrainingConsole.save_state
+
+    def save_then_stop(self, state):
+        real_save_state(self, state)
+        if state["history"][-1]["epoch"] == stop_after:
+            raise KeyboardInterrupt  # Ctrl-C just after this epoch's state is written
+
+    monkeypatch.setattr(TrainingConsole, "save_state", save_then_stop)
+    stopped = kshot(*args, "--out", out, code=130).output  # 128 + SIGINT, as a shell has it
+    monkeypatch.undo()
+    assert f"epoch {stop_after}/2" in stopped and f"epoch {stop_after + 1}/2" not in stopped
+    assert state_path(out).exists() and not out.exists()
+
+    changed = kshot(*args, "--out", out, "--resume", "--lr", "0.01", code=1).output
+    assert "cannot resume" in changed and "lr (0.001 then, 0.01 now)" in changed
+    assert state_path(out).exists()
+
+    resumed = kshot(*args, "--out", out, "--resume").output
+    assert all(f"epoch {e}/2" not in resumed for e in range(1, stop_after + 1))
+    assert all(f"epoch {e}/2" in resumed for e in range(stop_after + 1, 3))
+    assert f"wrote {out}" in resumed
+    assert not state_path(out).exists()
+    (a, a_info), (b, b_info) = load_checkpoint(whole), load_checkpoint(out)
+    assert model_hash(a) == model_hash(b)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert [h["epoch"] for h in b_info["history"]] == [1, 2]
+    assert [h["loss"] for h in b_info["history"]] == [h["loss"] for h in a_info["history"]]
+    assert b_info["best_epoch"] == a_info["best_epoch"]
+    assert b_info["scores_after"] == a_info["scores_after"]
+
+
+def test_resume_without_a_state_file_names_it(kshot, tmp_path, images):
+    from kshot.cli.training_observer import state_path
+
+    out = tmp_path / "model.kshot"
+    output = kshot(*_train_args(tmp_path, out), "--resume", code=1).output
+    assert "nothing to resume" in output and str(state_path(out)) in output
+    assert not out.exists()
+
+
+# --- TensorBoard, validation, held-out classes -----------------------------------------------
+
+
+def test_logdir_gets_the_scalars_of_every_epoch(kshot, tmp_path, images):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logdir = tmp_path / "logs"
+    out = tmp_path / "model.kshot"
+    kshot(*_train_args(tmp_path, out), "--epochs", "2", "--logdir", logdir)
+    assert list(logdir.glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/train", "lr", "seconds_per_epoch", "val/precision_at_1"} <= tags
+    for tag in ("loss/train", "lr", "val/precision_at_1"):
+        assert [event.step for event in events.Scalars(tag)] == [1, 2]
+    assert all(0 <= event.value <= 1 for event in events.Scalars("val/precision_at_1"))
+    assert events.Scalars("lr")[0].value == pytest.approx(1e-3)
+
+
+def test_val_folder_replaces_the_held_out_images(kshot, tmp_path, images):
+    val = tmp_path / "val"
+    for name in ("bars", "blob"):
+        for i in range(2):
+            make_image(val / name / f"{i}.png", name, 100 + i)
+    make_image(val / "stripes" / "0.png", "bars", 200)
+    out = tmp_path / "model.kshot"
+    output = kshot(*_train_args(tmp_path, out), "--val", val).output
+    assert "validation: ignoring 'stripes', which is not a training class" in output
+    assert "training conv4 on 12 images of 3 classes" in output  # nothing held out of DATA
+    assert "validating on 4 held-out images of the training classes" in output
+    _, info = load_checkpoint(out)
+    assert "precision_at_1" in info["scores_after"]
+
+
+def _six_classes(root: Path, per_class: int = 4, first: int = 0) -> Path:
+    """Six classes of colour block patterns (32 px), a little noise on each image."""
+    for c in range(6):
+        for i in range(per_class):
+            pixels = pattern(c, side=32, noise=8.0, noise_seed=100 * c + first + i)
+            path = root / f"class{c}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+    return root
+
+
+def _holdout_args(tmp_path: Path, out: Path) -> tuple:
+    data = _six_classes(tmp_path / "six")
+    return ("train", data, "--out", out, "--backbone", "conv4", "--epochs", "1")
+
+
+def test_held_out_classes_are_kept_out_and_scored(kshot, tmp_path):
+    out = tmp_path / "model.kshot"
+    output = kshot(*_holdout_args(tmp_path, out), "--holdout-classes", "2").output
+    assert "2 held-out classes (2-way 3-shot, 1 queries per class" in output
+    _, info = load_checkpoint(out)
+    held, trained = info["holdout_classes"], info["classes"]
+    assert len(held) == 2 and len(trained) == 4
+    assert not set(held) & set(trained)
+    assert set(held) | set(trained) == {f"class{c}" for c in range(6)}
+    assert "fewshot_accuracy" in info["scores_before"]
+    assert "fewshot_accuracy" in info["scores_after"]
+    assert 0 <= info["scores_after"]["fewshot_accuracy"] <= 1
+
+
+def test_no_held_out_classes_with_holdout_zero(kshot, tmp_path):
+    out = tmp_path / "model.kshot"
+    output = kshot(*_holdout_args(tmp_path, out), "--holdout-classes", "0").output
+    assert "held-out classes" not in output
+    _, info = load_checkpoint(out)
+    assert info["holdout_classes"] == [] and len(info["classes"]) == 6
+    assert "fewshot_accuracy" not in info["scores_after"]
+
+
+def test_a_warning_when_training_made_new_classes_worse(kshot, tmp_path, monkeypatch):
+    from kshot.fewshot.validation import TrainingValidation
+
+    # An untrained score no training can reach, so that the scores after are always lower.
+    monkeypatch.setattr(TrainingValidation, "untrained", lambda self, e: {"fewshot_accuracy": 1.01})
+    out = tmp_path / "model.kshot"
+    output = kshot(*_holdout_args(tmp_path, out), "--holdout-classes", "2").output
+    assert "training made new classes worse" in output
+    _, info = load_checkpoint(out)
+    assert "fell from 101.0%" in output
+    assert ", ".join(info["holdout_classes"]) in output
+    assert out.exists()  # a warning, not a failure
+
+
+def test_a_val_folder_leaves_out_the_held_out_classes(kshot, tmp_path):
+    out = tmp_path / "model.kshot"
+    val = _six_classes(tmp_path / "val", per_class=2, first=50)
+    args = (*_holdout_args(tmp_path, out), "--holdout-classes", "2", "--val", val)
+    output = kshot(*args).output
+    # 2 images of each of the 4 training classes; the 2 held-out classes' 4 are not theirs.
+    assert "validating on 8 held-out images of the training classes" in output
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "warned"),
+    [
+        ({"fewshot_accuracy": 0.8}, {"fewshot_accuracy": 0.6}, True),
+        ({"fewshot_accuracy": 0.6}, {"fewshot_accuracy": 0.6}, False),
+        ({"fewshot_accuracy": 0.6}, {"fewshot_accuracy": 0.8}, False),
+        ({}, {"fewshot_accuracy": 0.1}, False),
+        ({"fewshot_accuracy": 0.9}, {"precision_at_1": 0.1}, False),
+    ],
+)
+def test_warn_if_new_classes_got_worse(monkeypatch, before, after, warned):
+    from kshot.cli.training import _warn_if_new_classes_got_worse
+
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("kshot")
+    logger.addHandler(handler)
+    try:
+        _warn_if_new_classes_got_worse(before, after, ["ant", "bee"])
+    finally:
+        logger.removeHandler(handler)
+    messages = [record.getMessage() for record in records]
+    if warned:
+        (message,) = messages
+        assert "training made new classes worse" in message
+        assert "2 held-out classes (ant, bee)" in message
+        assert "fell from 80.0%" in message and "to 60.0%" in message
+    else:
+        assert messages == []
+
+
+# --- augmentation and loss options -----------------------------------------------------------
+
+
+def test_augment_preset_and_options(kshot, tmp_path, images):
+    out = tmp_path / "model.kshot"
+    args = (*_train_args(tmp_path, out), "--augment", "photo")
+    kshot(*args, "--augment-option", "rotation=90", "--augment-option", "hsv-p=0.25")
+    _, info = load_checkpoint(out)
+    augment = info["train"]["augment"]
+    assert augment["rotation"] == 90.0 and augment["hsv_p"] == 0.25
+    assert augment["hflip"] == 0.5  # the preset's, left as it was
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("nope=1", "unknown augmentation option 'nope=1'; known: brightness, "),
+        ("rotation=a", "'a' is not a number"),
+        ("hflip=2", "augmentation hflip is a probability"),
+    ],
+)
+def test_a_bad_augment_option_is_an_error(kshot, tmp_path, images, option, message):
+    out = tmp_path / "model.kshot"
+    output = kshot(*_train_args(tmp_path, out), "--augment-option", option, code=1).output
+    assert "kshot: error:" in output and message in output
+    if option == "nope=1":
+        assert "rotation" in output and "hflip" in output
+    assert not out.exists()
+
+
+def test_loss_options_reach_the_loss(kshot, tmp_path, images, monkeypatch):
+    from kshot.embedder import training
+
+    built = {}
+    real = training.build_loss
+
+    def spy(name, classes, dim, **overrides):
+        built.update(name=name, **overrides)
+        return real(name, classes, dim, **overrides)
+
+    monkeypatch.setattr(training, "build_loss", spy)
+    out = tmp_path / "model.kshot"
+    options = ("--loss-option", "neg_margin=0.8", "--loss-option", "pos-margin=0.1")
+    kshot(*_train_args(tmp_path, out), "--loss", "contrastive", *options)
+    assert built == {"name": "contrastive", "neg_margin": 0.8, "pos_margin": 0.1}
+    assert load_checkpoint(out)[1]["train"]["loss_options"] == {
+        "neg_margin": 0.8,
+        "pos_margin": 0.1,
+    }
+    output = kshot(*_train_args(tmp_path, out), "--loss-option", "neg_margin", code=1).output
+    assert "write NAME=NUMBER" in output
+
+
+# --- --help ----------------------------------------------------------------------------------
+
+
+def test_help_answers_without_importing_torch():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from kshot.cli.app import app\n"
+        "for args in (['--help'], ['train', '--help']):\n"
+        "    result = CliRunner().invoke(app, args)\n"
+        "    assert result.exit_code == 0, result.output\n"
+        "assert '--holdout-classes' in result.output, result.output\n"
+        "imported = sorted(m for m in sys.modules if m.split('.')[0] == 'torch')\n"
+        "assert not imported, imported[:5]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

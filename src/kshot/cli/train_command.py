@@ -202,6 +202,13 @@ def train(
             rich_help_panel=AUGMENT,
         ),
     ] = None,
+    augment_head: Annotated[
+        bool,
+        typer.Option(
+            help="Augment in stage 1 too (the frozen features are then computed every epoch).",
+            rich_help_panel=AUGMENT,
+        ),
+    ] = False,
     rotation_classes: Annotated[
         bool,
         typer.Option(
@@ -290,6 +297,7 @@ def train(
         class_weights=class_weights,
         balanced_batches=balanced_batches,
         augment=augment_config(augment.value, augment_option),
+        augment_head=augment_head,
         rotation_classes=rotation_classes,
         amp=amp,
         seed=seed,

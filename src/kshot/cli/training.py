@@ -114,15 +114,24 @@ def _train(
     train_config = TrainConfig(**train_options)
     seed_everything(train_config.seed)  # the new layers' initial weights too
     embedder = build_embedder(config, pretrained=pretrained, weights_file=weights)
+    state_file = state_path(out)
+    resume_from = _read_state(state_file) if resume else None
     classes, images = read_training_folder(data, config.preprocess)
     if holdout_classes is None:
         holdout_classes = default_holdout_classes(len(classes))
+    if len(classes) - holdout_classes < 2:
+        raise KshotError(
+            f"holding out {holdout_classes} of the {len(classes)} classes leaves fewer than two "
+            "to train on; lower --holdout-classes"
+        )
     labels = images.labels.numpy()
     fraction = 0.0 if val is not None else val_fraction
     split = split_data(labels, fraction, holdout_classes, train_config.seed)
     val_set = images.subset(split.val)
     if val is not None:
         val_set = read_validation_folder(val, classes, config.preprocess)
+        trained = ~np.isin(val_set.labels.numpy(), labels[split.holdout])
+        val_set = val_set.subset(np.flatnonzero(trained))
     holdout = images.subset(split.holdout)
     validation = TrainingValidation(
         val_set, images.subset(split.references), holdout, seed=train_config.seed
@@ -137,8 +146,6 @@ def _train(
     if validation.enabled and world.is_main:
         before = validation.untrained(embedder.to(device))
         talk(f"before training (the backbone's own features): {format_scores(before)}")
-    state_file = state_path(out)
-    resume_from = _read_state(state_file) if resume else None
     total = train_config.head_epochs + train_config.epochs
     console = TrainingConsole(total, state_file, logdir) if world.is_main else Observer()
     try:

@@ -1,9 +1,10 @@
 """Training an embedder with a metric-learning loss, in up to two stages.
 
 Stage 1 (``head_epochs``) trains what sits on a frozen backbone: the projection head and the
-loss's own parameters (the angular losses' class weights). Without augmentation the frozen
-backbone's features are computed once and the stage trains on them. Stage 2 (``epochs``)
-unfreezes the backbone's last ``trainable_blocks`` blocks (all by default) at ``finetune_lr``.
+loss's own parameters (the angular losses' class weights). It does not augment (unless
+``augment_head``), so the frozen backbone's features are computed once and it trains on them.
+Stage 2 (``epochs``) unfreezes the backbone's last ``trainable_blocks`` blocks (all by
+default) at ``finetune_lr``.
 
 Batches are class-balanced (``m`` images of each of ``batch_size / m`` classes, from
 pytorch-metric-learning's ``MPerClassSampler``) so that every batch holds positive pairs. Every
@@ -67,6 +68,7 @@ class TrainConfig:
     schedule: str = "none"
     patience: int | None = None  # stop a stage after this many epochs without a better score
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment_head: bool = False  # augment in stage 1 too (recomputing the frozen features)
     rotation_classes: bool = False  # see kshot.embedder.trainset.with_rotation_classes
     amp: bool = True  # float16 autocast on CUDA (ignored on the CPU)
     seed: int = 0
@@ -87,7 +89,9 @@ def plan_stages(config: TrainConfig) -> list[Stage]:
     stages = []
     if config.head_epochs > 0:
         stages.append(Stage("head", config.head_epochs, config.lr, 0))
-    finetune_lr = config.finetune_lr or (config.lr / 10 if stages else config.lr)
+    finetune_lr = config.finetune_lr
+    if finetune_lr is None:
+        finetune_lr = config.lr / 10 if stages else config.lr
     if config.epochs > 0:
         name = "finetune" if stages else "train"
         stages.append(Stage(name, config.epochs, finetune_lr, config.trainable_blocks))
@@ -210,8 +214,10 @@ def _class_weights(labels: torch.Tensor) -> torch.Tensor:
 
 
 def _check_resumable(state: dict, config: TrainConfig, images: ImageSet) -> None:
-    saved, now = state["config"], config.to_dict()
-    changed = sorted(k for k in now if saved.get(k) != now[k] and k != "patience")
+    # A setting added since the state was written counts as its default.
+    saved = TrainConfig().to_dict() | state["config"]
+    now = config.to_dict()
+    changed = sorted(k for k in now if saved[k] != now[k] and k != "patience")
     if changed:
         raise KshotError(
             "cannot resume: the training settings differ from the stopped run's in "
@@ -302,13 +308,13 @@ class _Run:
             self.stage_index, self.stage_epoch, self.stale = self.stage_index + 1, 0, 0
             self.saved_optimizers = None
 
-    def _inputs(self, cached: bool) -> tuple[nn.Module, torch.utils.data.Dataset]:
+    def _inputs(self, cached: bool, augment: bool) -> tuple[nn.Module, torch.utils.data.Dataset]:
         """The network a stage trains and what it reads: frozen-backbone features computed
-        once, or the images, augmented as configured."""
+        once, or the images, augmented if ``augment``."""
         if cached:
             features = backbone_features(self.embedder, self.images.pixels)
             return _FromFeatures(self.embedder), TensorDataset(features, self.images.labels)
-        augment = build_augment(self.config.augment)
+        augment = build_augment(self.config.augment if augment else AugmentConfig())
         preprocess = self.embedder.config.preprocess
         return self.embedder, AugmentedImages(self.images, augment, preprocess)
 
@@ -335,8 +341,10 @@ class _Run:
         if not optimizers:
             log.info("stage %r skipped: it has nothing to train", stage.name)
             return
-        cached = stage.trainable_blocks == 0 and not config.augment.active
-        net, dataset = self._inputs(cached)
+        augment = config.augment.active and (stage.trainable_blocks != 0 or config.augment_head)
+        net, dataset = self._inputs(
+            cached=stage.trainable_blocks == 0 and not augment, augment=augment
+        )
         model: nn.Module = LossModel(net, self.loss_fn, self.miner)
         if world.enabled:
             ids = [self.device] if self.device.type == "cuda" else None
@@ -365,7 +373,8 @@ class _Run:
             seconds = time.perf_counter() - start
             loss = total.item() / max(steps, 1)
             lr = optimizers[0].param_groups[0]["lr"]
-            metrics = self._validated()
+            # A stage that trains only the loss's class weights leaves the embedding as it was.
+            metrics = self._validated() if trainable_parameters(self.embedder) else {}
             score = metrics.get(SCORE, -loss)
             for schedule in schedules:
                 step_schedule(schedule, score)
@@ -410,8 +419,8 @@ class _Run:
         return {
             "config": self.config.to_dict(),
             "images": len(self.images),
-            "model": {k: v.detach().cpu() for k, v in self.embedder.state_dict().items()},
-            "loss": {k: v.detach().cpu() for k, v in self.loss_fn.state_dict().items()},
+            "model": {k: v.detach().cpu().clone() for k, v in self.embedder.state_dict().items()},
+            "loss": {k: v.detach().cpu().clone() for k, v in self.loss_fn.state_dict().items()},
             "optimizers": {
                 "optimizers": [copy.deepcopy(o.state_dict()) for o in optimizers],
                 "schedules": [s.state_dict() if s is not None else None for s in schedules],
