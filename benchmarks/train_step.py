@@ -32,12 +32,12 @@ from kshot.embedder.training import LossModel, Stepper, TrainConfig, _loader
 from kshot.embedder.trainset import AugmentedImages, ImageSet
 
 
-def setup(backbone: str, loss_name: str, batch: int, classes: int, size: int | None):
+def setup(backbone: str, loss_name: str, batch: int, classes: int):
     torch.manual_seed(0)
     config = EmbedderConfig.for_backbone(backbone)
     embedder = build_embedder(config, pretrained=False).train()
     pre = config.preprocess
-    side = size or pre.input_size
+    side = pre.input_size
     pixels = torch.randint(0, 256, (batch * 4, pre.channels, side, side), dtype=torch.uint8)
     labels = torch.arange(batch * 4) % classes
     loss, miner = build_loss(loss_name, classes, embedder.embedding_dim)
@@ -63,7 +63,8 @@ def optimizers_for(embedder, loss_fn) -> list:
 
 
 def measure(backbone: str, loss_name: str, batch: int, rounds: int, steps: int) -> dict:
-    embedder, loss_fn, miner, images, pre = setup(backbone, loss_name, batch, 8, None)
+    # 4 images of each of batch / 4 classes, in the bare batch as in kshot's sampled ones
+    embedder, loss_fn, miner, images, pre = setup(backbone, loss_name, batch, batch // 4)
     x = pre.normalize(images.pixels[:batch])
     y = images.labels[:batch]
     bare = (copy.deepcopy(embedder), copy.deepcopy(loss_fn))
@@ -73,7 +74,7 @@ def measure(backbone: str, loss_name: str, batch: int, rounds: int, steps: int) 
     config = TrainConfig(batch_size=batch, samples_per_class=4)
     dataset = AugmentedImages(images, build_augment(AugmentConfig()), pre)
     times = {"bare": [], "kshot_step": [], "kshot_loop": []}
-    for _ in range(rounds):
+    for round_ in range(rounds + 1):  # round 0 warms up and is not counted
         start = time.perf_counter()
         for _ in range(steps):
             bare_step(*bare, miner, bare_opts, x, y)
@@ -88,6 +89,8 @@ def measure(backbone: str, loss_name: str, batch: int, rounds: int, steps: int) 
             inputs, labels = next(loader)
             stepper(inputs, labels).item()
         times["kshot_loop"].append((time.perf_counter() - start) / steps)
+        if round_ == 0:
+            times = {k: [] for k in times}
     medians = {k: statistics.median(v) * 1000 for k, v in times.items()}
     return (
         {"backbone": backbone, "loss": loss_name, "batch": batch}

@@ -61,15 +61,9 @@ def test_train_refuses_a_folder_without_two_classes(kshot, tmp_path, images):
     assert "at least two sub-folders" in output
 
 
-def test_the_help_lists_every_loss(kshot):
-    from kshot.cli.train_command import LOSS_NAMES
-    from kshot.embedder.losses import LOSSES
-
-    assert list(LOSS_NAMES) == list(LOSSES)
-    assert "quadruplet" in kshot("train", "--help").output
-
-
-def test_margin_and_scale_reach_the_loss(kshot, tmp_path, images, monkeypatch):
+@pytest.fixture
+def built_loss(monkeypatch) -> dict:
+    """Filled with the name and options of the loss training builds."""
     from kshot.embedder import training
 
     built = {}
@@ -80,6 +74,19 @@ def test_margin_and_scale_reach_the_loss(kshot, tmp_path, images, monkeypatch):
         return real(name, classes, dim, **overrides)
 
     monkeypatch.setattr(training, "build_loss", spy)
+    return built
+
+
+def test_the_help_lists_every_loss(kshot):
+    from kshot.cli.train_command import LOSS_NAMES
+    from kshot.embedder.losses import LOSSES
+
+    assert list(LOSS_NAMES) == list(LOSSES)
+    assert "quadruplet" in kshot("train", "--help").output
+
+
+def test_margin_and_scale_reach_the_loss(kshot, tmp_path, images, built_loss):
+    built = built_loss
     kshot(
         *_train_args(tmp_path, tmp_path / "m"),
         "--loss",
@@ -369,17 +376,8 @@ def test_a_bad_augment_option_is_an_error(kshot, tmp_path, images, option, messa
     assert not out.exists()
 
 
-def test_loss_options_reach_the_loss(kshot, tmp_path, images, monkeypatch):
-    from kshot.embedder import training
-
-    built = {}
-    real = training.build_loss
-
-    def spy(name, classes, dim, **overrides):
-        built.update(name=name, **overrides)
-        return real(name, classes, dim, **overrides)
-
-    monkeypatch.setattr(training, "build_loss", spy)
+def test_loss_options_reach_the_loss(kshot, tmp_path, images, built_loss):
+    built = built_loss
     out = tmp_path / "model.kshot"
     options = ("--loss-option", "neg_margin=0.8", "--loss-option", "pos-margin=0.1")
     kshot(*_train_args(tmp_path, out), "--loss", "contrastive", *options)
