@@ -25,6 +25,8 @@ def _train_args(tmp_path, out) -> tuple:
         out,
         "--backbone",
         "conv4",
+        "--head-epochs",
+        "0",
         "--epochs",
         "1",
         "--batch-size",
@@ -34,7 +36,16 @@ def _train_args(tmp_path, out) -> tuple:
 
 def test_train_writes_a_model_that_init_and_query_use(kshot, images, tmp_path):
     model = tmp_path / "model.kshot"
-    args = ("train", tmp_path / "images", "--out", model, "--backbone", "conv4")
+    args = (
+        "train",
+        tmp_path / "images",
+        "--out",
+        model,
+        "--backbone",
+        "conv4",
+        "--head-epochs",
+        "0",
+    )
     result = kshot(*args, "--epochs", "2", "--batch-size", "12", "--embedding-dim", "16")
     assert "epoch 2/2" in result.output
     embedder, info = load_checkpoint(model)
@@ -108,6 +119,8 @@ def test_margin_and_scale_reach_the_loss(kshot, tmp_path, images, built_loss):
         "0.3",
         "--backbone",
         "conv4",
+        "--head-epochs",
+        "0",
         code=1,
     ).output
     assert "cannot take ['margin']" in output
@@ -123,7 +136,9 @@ def test_a_bad_class_folder_is_reported_and_the_rest_trains(kshot, tmp_path, ima
     broken = data / "bars" / "broken.png"
     broken.write_text("not a picture")
     model = tmp_path / "model.kshot"
-    result = kshot("train", data, "--out", model, "--backbone", "conv4", "--epochs", "1")
+    result = kshot(
+        "train", data, "--out", model, "--backbone", "conv4", "--head-epochs", "0", "--epochs", "1"
+    )
     output = result.output
     assert "skipping class 'empty'" in output and "holds no images" in output
     assert "skipping class 'single'" in output and "needs two per class" in output
@@ -143,7 +158,9 @@ def test_fewer_than_two_usable_classes_is_an_error(kshot, tmp_path):
     (data / "unreadable" / "a.png").write_text("text")
     (data / "unreadable" / "b.png").write_text("text")
     model = tmp_path / "model.kshot"
-    output = kshot("train", data, "--out", model, "--backbone", "conv4", code=1).output
+    output = kshot(
+        "train", data, "--out", model, "--backbone", "conv4", "--head-epochs", "0", code=1
+    ).output
     assert "skipping class 'single'" in output
     assert "skipping class 'unreadable': none of its images could be read" in output
     assert "kshot: error:" in output and "at least two sub-folders" in output
@@ -170,7 +187,17 @@ def test_resume_finishes_a_stopped_run_as_if_it_had_not_stopped(
     from kshot.cli.training_observer import TrainingConsole, state_path
     from kshot.embedder.checkpoint import model_hash
 
-    args = ("train", tmp_path / "images", "--backbone", "conv4", "--batch-size", "12", *options)
+    args = (
+        "train",
+        tmp_path / "images",
+        "--backbone",
+        "conv4",
+        "--head-epochs",
+        "0",
+        "--batch-size",
+        "12",
+        *options,
+    )
     args += ("--embedding-dim", "16")
     whole = tmp_path / "whole.kshot"
     kshot(*args, "--out", whole)
@@ -190,8 +217,8 @@ def test_resume_finishes_a_stopped_run_as_if_it_had_not_stopped(
     assert f"epoch {stop_after}/2" in stopped and f"epoch {stop_after + 1}/2" not in stopped
     assert state_path(out).exists() and not out.exists()
 
-    changed = kshot(*args, "--out", out, "--resume", "--lr", "0.01", code=1).output
-    assert "cannot resume" in changed and "lr (0.001 then, 0.01 now)" in changed
+    changed = kshot(*args, "--out", out, "--resume", "--lr", "0.05", code=1).output
+    assert "cannot resume" in changed and "lr (0.01 then, 0.05 now)" in changed
     assert state_path(out).exists()
 
     resumed = kshot(*args, "--out", out, "--resume").output
@@ -234,7 +261,7 @@ def test_logdir_gets_the_scalars_of_every_epoch(kshot, tmp_path, images):
     for tag in ("loss/train", "lr", "val/precision_at_1"):
         assert [event.step for event in events.Scalars(tag)] == [1, 2]
     assert all(0 <= event.value <= 1 for event in events.Scalars("val/precision_at_1"))
-    assert events.Scalars("lr")[0].value == pytest.approx(1e-3)
+    assert events.Scalars("lr")[0].value == pytest.approx(3e-4)  # --finetune-lr
 
 
 def test_val_folder_replaces_the_held_out_images(kshot, tmp_path, images):
@@ -265,7 +292,18 @@ def _six_classes(root: Path, per_class: int = 4, first: int = 0) -> Path:
 
 def _holdout_args(tmp_path: Path, out: Path) -> tuple:
     data = _six_classes(tmp_path / "six")
-    return ("train", data, "--out", out, "--backbone", "conv4", "--epochs", "1")
+    return (
+        "train",
+        data,
+        "--out",
+        out,
+        "--backbone",
+        "conv4",
+        "--head-epochs",
+        "0",
+        "--epochs",
+        "1",
+    )
 
 
 def test_held_out_classes_are_kept_out_and_scored(kshot, tmp_path):
@@ -407,3 +445,19 @@ def test_help_answers_without_importing_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_default_recipe_is_two_stages_of_arcface(kshot, tmp_path, images):
+    out = tmp_path / "model.kshot"
+    output = kshot("train", tmp_path / "images", "--out", out, "--backbone", "conv4").output
+    assert "epoch 30/35 (head)" in output and "epoch 35/35 (finetune)" in output
+    _, info = load_checkpoint(out)
+    recipe = {k: info["train"][k] for k in ("loss", "head_epochs", "epochs", "lr", "finetune_lr")}
+    assert recipe == {
+        "loss": "arcface",
+        "head_epochs": 30,
+        "epochs": 5,
+        "lr": 0.01,
+        "finetune_lr": 3e-4,
+    }
+    assert info["train"]["schedule"] == "cosine"

@@ -106,7 +106,7 @@ def train(
     ] = None,
     loss: Annotated[
         str, typer.Option(help=f"One of: {', '.join(LOSS_NAMES)}.", rich_help_panel=RECIPE)
-    ] = "triplet",
+    ] = "arcface",
     margin: Annotated[
         float | None,
         typer.Option(help="The loss's margin (default: the loss's own).", rich_help_panel=RECIPE),
@@ -125,13 +125,13 @@ def train(
     head_epochs: Annotated[
         int,
         typer.Option(min=0, help="Stage 1: epochs on a frozen backbone.", rich_help_panel=RECIPE),
-    ] = 0,
+    ] = 30,
     epochs: Annotated[
         int,
         typer.Option(
             min=0, help="Stage 2: epochs with the backbone training.", rich_help_panel=RECIPE
         ),
-    ] = 10,
+    ] = 5,
     trainable_blocks: Annotated[
         int | None,
         typer.Option(
@@ -148,21 +148,23 @@ def train(
     lr: Annotated[
         float,
         typer.Option(
-            help="Learning rate (stage 1 and the loss's weights).", rich_help_panel=RECIPE
-        ),
-    ] = 1e-3,
-    finetune_lr: Annotated[
-        float | None,
-        typer.Option(
-            help="Stage 2's learning rate (default: lr / 10 after a stage 1, else lr).",
+            help="Learning rate of stage 1 and of the loss's class weights.",
             rich_help_panel=RECIPE,
         ),
-    ] = None,
+    ] = 1e-2,
+    finetune_lr: Annotated[
+        float,
+        typer.Option(
+            help="Learning rate of stage 2, where the backbone trains.", rich_help_panel=RECIPE
+        ),
+    ] = 3e-4,
     weight_decay: Annotated[
         float | None,
         typer.Option(help="Default: 0 for adam, 0.01 for adamw.", rich_help_panel=RECIPE),
     ] = None,
-    schedule: Annotated[Schedule, typer.Option(rich_help_panel=RECIPE)] = Schedule.none,
+    schedule: Annotated[
+        Schedule, typer.Option(help="Per stage.", rich_help_panel=RECIPE)
+    ] = Schedule.cosine,
     patience: Annotated[
         int | None,
         typer.Option(
