@@ -54,7 +54,8 @@ def run_demo(workdir: Path | None, epochs: int, seed: int = 0) -> float:
         image_size=32,
         rotation_classes=True,
         loss="triplet",
-        # 0.2, not the triplet default of 1: on these 5 classes 94.0% against 82.7%
+        # 0.2, not the triplet default of 1: 94.0% against 82.7% on these 5 classes, as measured
+        # before training held out a fifth of the images to validate on (now 93.0%)
         loss_options={"margin": 0.2},
         epochs=epochs,
         seed=seed,
