@@ -461,3 +461,13 @@ def test_the_default_recipe_is_two_stages_of_arcface(kshot, tmp_path, images):
         "finetune_lr": 3e-4,
     }
     assert info["train"]["schedule"] == "cosine"
+
+
+def test_a_residual_head_keeps_the_feature_size(kshot, tmp_path, images):
+    out = tmp_path / "model.kshot"
+    args = (*_train_args(tmp_path, out), "--residual-head")
+    output = kshot(*args, "--embedding-dim", "16", code=1).output
+    assert "residual head keeps the backbone's 64 features" in output and not out.exists()
+    kshot(*args, "--embedding-dim", "64")
+    embedder, _ = load_checkpoint(out)
+    assert embedder.config.residual and embedder.embedding_dim == 64

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +32,9 @@ def default_holdout_classes(classes: int) -> int:
     return count if count >= 2 else 0
 
 
-def _config(
-    backbone: str,
-    embedding_dim: int | None,
-    image_size: int | None,
-    channels: int | None,
-    normalization: str,
-    data: Path,
-    head: dict,
-) -> EmbedderConfig:
-    preprocess = get_backbone(backbone).default_preprocess()
+def _config(model: ModelOptions, data: Path) -> EmbedderConfig:
+    preprocess = get_backbone(model.backbone).default_preprocess()
+    image_size, channels = model.image_size, model.channels
     if image_size is not None:  # keep the backbone's resize-to-crop ratio
         resize = round(image_size * preprocess.resize_size / preprocess.input_size)
         preprocess = dataclasses.replace(preprocess, input_size=image_size, resize_size=resize)
@@ -48,13 +42,19 @@ def _config(
         mean = preprocess.mean[:1] * channels
         std = preprocess.std[:1] * channels
         preprocess = dataclasses.replace(preprocess, channels=channels, mean=mean, std=std)
-    if normalization == "imagenet":
+    if model.normalization == "imagenet":
         preprocess = preprocess.with_normalization(IMAGENET_MEAN, IMAGENET_STD)
-    elif normalization == "dataset":
+    elif model.normalization == "dataset":
         images = [path for _, found in class_image_lists(data) for path in found]
         preprocess = preprocess.with_normalization(*dataset_mean_std(preprocess, images))
     try:
-        return EmbedderConfig(backbone, preprocess, embedding_dim=embedding_dim, **head)
+        return EmbedderConfig(
+            model.backbone,
+            preprocess,
+            embedding_dim=model.embedding_dim,
+            head_hidden=model.head_hidden,
+            residual=model.residual_head,
+        )
     except ValueError as exc:
         raise KshotError(str(exc)) from None
 
@@ -89,34 +89,78 @@ def train_from_folder(
     kept out of training to measure few-shot accuracy on new classes (default: see
     :func:`default_holdout_classes`). ``train_options`` go to ``TrainConfig``.
     """
+    model = ModelOptions(
+        backbone=backbone,
+        embedding_dim=embedding_dim,
+        head_hidden=head_hidden,
+        residual_head=residual_head,
+        image_size=image_size,
+        channels=channels,
+        normalization=normalization,
+        pretrained=pretrained,
+        weights=weights,
+    )
+    held_out = HeldOut(val, val_fraction, holdout_classes)
     world, device = start_from_env(device)
     try:
         return _train(
-            Path(data), Path(out), world, device, backbone, embedding_dim, head_hidden,
-            residual_head, image_size, channels, normalization, pretrained, weights, val,
-            val_fraction, holdout_classes, logdir, resume, train_options,
-        )  # fmt: skip
+            Path(data), Path(out), model, held_out, logdir, resume, world, device, train_options
+        )
     finally:
         stop(world)
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """What the embedder is built from (see :func:`train_from_folder`)."""
+
+    backbone: str
+    embedding_dim: int | None
+    head_hidden: int | None
+    residual_head: bool
+    image_size: int | None
+    channels: int | None
+    normalization: str
+    pretrained: bool
+    weights: Path | None
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """What training is validated on (see :func:`train_from_folder`)."""
+
+    val: Path | None
+    val_fraction: float
+    holdout_classes: int | None
+
+
 def _train(
-    data, out, world: Distributed, device, backbone, embedding_dim, head_hidden, residual_head,
-    image_size, channels, normalization, pretrained, weights, val, val_fraction,
-    holdout_classes, logdir, resume, train_options,
-) -> str | None:  # fmt: skip
+    data: Path,
+    out: Path,
+    model: ModelOptions,
+    held_out: HeldOut,
+    logdir: Path | None,
+    resume: bool,
+    world: Distributed,
+    device,
+    train_options: dict,
+) -> str | None:
     talk = say if world.is_main else (lambda message: None)
     if not world.is_main:
         log.setLevel(logging.ERROR)
-    head = {"head_hidden": head_hidden, "residual": residual_head}
-    config = _config(backbone, embedding_dim, image_size, channels, normalization, data, head)
-    pretrained = pretrained and get_backbone(backbone).pretrained is not None
+    config = _config(model, data)
+    backbone = model.backbone
+    pretrained = model.pretrained and get_backbone(backbone).pretrained is not None
     train_config = TrainConfig(**train_options)
     seed_everything(train_config.seed)  # the new layers' initial weights too
-    embedder = build_embedder(config, pretrained=pretrained, weights_file=weights)
+    try:
+        embedder = build_embedder(config, pretrained=pretrained, weights_file=model.weights)
+    except ValueError as exc:  # a head that does not fit the backbone
+        raise KshotError(str(exc)) from None
     state_file = state_path(out)
     resume_from = _read_state(state_file) if resume else None
     classes, images = read_training_folder(data, config.preprocess)
+    holdout_classes = held_out.holdout_classes
     if holdout_classes is None:
         holdout_classes = default_holdout_classes(len(classes))
     if len(classes) - holdout_classes < 2:
@@ -125,7 +169,8 @@ def _train(
             "to train on; lower --holdout-classes"
         )
     labels = images.labels.numpy()
-    fraction = 0.0 if val is not None else val_fraction
+    val = held_out.val
+    fraction = 0.0 if val is not None else held_out.val_fraction
     split = split_data(labels, fraction, holdout_classes, train_config.seed)
     val_set = images.subset(split.val)
     if val is not None:
