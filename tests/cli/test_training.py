@@ -471,3 +471,19 @@ def test_a_residual_head_keeps_the_feature_size(kshot, tmp_path, images):
     kshot(*args, "--embedding-dim", "64")
     embedder, _ = load_checkpoint(out)
     assert embedder.config.residual and embedder.embedding_dim == 64
+
+
+def test_dataset_normalization_is_measured_on_the_training_images(kshot, tmp_path, images):
+    from kshot.cli.training_data import read_training_folder
+    from kshot.embedder.backbones import get_backbone
+    from kshot.embedder.preprocess import dataset_mean_std
+
+    out = tmp_path / "model.kshot"
+    kshot(*_train_args(tmp_path, out), "--normalization", "dataset")
+    embedder, _ = load_checkpoint(out)
+    _, decoded = read_training_folder(
+        tmp_path / "images", get_backbone("conv4").default_preprocess()
+    )
+    mean, std = dataset_mean_std(decoded.pixels)
+    assert embedder.config.preprocess.mean == mean and embedder.config.preprocess.std == std
+    assert mean != get_backbone("conv4").default_preprocess().mean

@@ -113,30 +113,24 @@ def test_load_of_a_bad_file_raises_input_error(tmp_path):
         PreprocessConfig(28, 32, (0.5,), (0.5,), channels=1).load(path)
 
 
-def test_dataset_mean_std_of_constant_colours(tmp_path, make_image):
-    a = make_image(tmp_path / "a.png", size=(40, 40), color=(0, 51, 255))
-    b = make_image(tmp_path / "b.jpg", size=(60, 30), color=(255, 51, 0), quality=100)
-    bad = tmp_path / "c.png"
-    bad.write_text("unreadable")
-    config = PreprocessConfig(16, 16)
-    mean, std = dataset_mean_std(config, [a, bad, b, tmp_path / "missing.png"])
-    assert len(mean) == 3 and len(std) == 3
-    # channel 0: half the pixels 0, half 1 -> mean 0.5, std 0.5; channel 1: 0.2 everywhere.
-    assert mean == pytest.approx((0.5, 0.2, 0.5), abs=0.01)
-    assert std == pytest.approx((0.5, 0.0, 0.5), abs=0.01)
+def test_dataset_mean_std_of_constant_colours():
+    pixels = torch.zeros((2, 3, 16, 16), dtype=torch.uint8)
+    pixels[0] = torch.tensor([0, 51, 255], dtype=torch.uint8).view(3, 1, 1)
+    pixels[1] = torch.tensor([255, 51, 0], dtype=torch.uint8).view(3, 1, 1)
+    mean, std = dataset_mean_std(pixels)
+    # channels 0 and 2: half the pixels 0, half 1 -> mean 0.5, std 0.5; channel 1: 0.2 everywhere.
+    assert mean == pytest.approx((0.5, 0.2, 0.5), abs=1e-9)
+    assert std == pytest.approx((0.5, 0.0, 0.5), abs=1e-5)
 
 
-def test_dataset_mean_std_grey(tmp_path, make_image):
-    paths = [
-        make_image(tmp_path / f"{v}.png", size=(20, 20), color=v, mode="L") for v in (51, 102, 153)
-    ]
-    mean, std = dataset_mean_std(PreprocessConfig(16, 16, (0.5,), (0.5,), channels=1), paths)
-    assert mean == pytest.approx((0.4,), abs=1e-6)
-    assert std == pytest.approx((np.std([0.2, 0.4, 0.6]),), abs=1e-6)
+def test_dataset_mean_std_grey_over_several_chunks():
+    values = torch.tensor([51, 102, 153], dtype=torch.uint8).repeat(200)  # 600 images: 3 chunks
+    pixels = values.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
+    mean, std = dataset_mean_std(pixels)
+    assert mean == pytest.approx((0.4,), abs=1e-9)
+    assert std == pytest.approx((np.std([0.2, 0.4, 0.6]),), abs=1e-9)
 
 
-def test_dataset_mean_std_with_nothing_readable(tmp_path):
-    bad = tmp_path / "bad.png"
-    bad.write_text("x")
+def test_dataset_mean_std_of_no_image():
     with pytest.raises(ValueError, match="no readable image"):
-        dataset_mean_std(PreprocessConfig(16, 16), [bad])
+        dataset_mean_std(torch.zeros((0, 3, 16, 16), dtype=torch.uint8))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from kshot.cli.console import say
-from kshot.cli.training_data import class_image_lists, read_training_folder, read_validation_folder
+from kshot.cli.training_data import read_training_folder, read_validation_folder
 from kshot.cli.training_observer import TrainingConsole, format_scores, state_path
 from kshot.embedder.backbones import get_backbone
 from kshot.embedder.checkpoint import save_checkpoint
@@ -32,7 +32,8 @@ def default_holdout_classes(classes: int) -> int:
     return count if count >= 2 else 0
 
 
-def _config(model: ModelOptions, data: Path) -> EmbedderConfig:
+def _config(model: ModelOptions, data_mean_std: tuple | None = None) -> EmbedderConfig:
+    """``data_mean_std``: the training images' own statistics, for ``--normalization dataset``."""
     preprocess = get_backbone(model.backbone).default_preprocess()
     image_size, channels = model.image_size, model.channels
     if image_size is not None:  # keep the backbone's resize-to-crop ratio
@@ -44,9 +45,8 @@ def _config(model: ModelOptions, data: Path) -> EmbedderConfig:
         preprocess = dataclasses.replace(preprocess, channels=channels, mean=mean, std=std)
     if model.normalization == "imagenet":
         preprocess = preprocess.with_normalization(IMAGENET_MEAN, IMAGENET_STD)
-    elif model.normalization == "dataset":
-        images = [path for _, found in class_image_lists(data) for path in found]
-        preprocess = preprocess.with_normalization(*dataset_mean_std(preprocess, images))
+    elif model.normalization == "dataset" and data_mean_std is not None:
+        preprocess = preprocess.with_normalization(*data_mean_std)
     try:
         return EmbedderConfig(
             model.backbone,
@@ -148,18 +148,21 @@ def _train(
     talk = say if world.is_main else (lambda message: None)
     if not world.is_main:
         log.setLevel(logging.ERROR)
-    config = _config(model, data)
     backbone = model.backbone
     pretrained = model.pretrained and get_backbone(backbone).pretrained is not None
     train_config = TrainConfig(**train_options)
+    state_file = state_path(out)
+    resume_from = _read_state(state_file) if resume else None
+    # Decoding depends on the input size and channels only, not on the normalisation.
+    classes, images = read_training_folder(data, _config(model).preprocess)
+    config = _config(
+        model, dataset_mean_std(images.pixels) if model.normalization == "dataset" else None
+    )
     seed_everything(train_config.seed)  # the new layers' initial weights too
     try:
         embedder = build_embedder(config, pretrained=pretrained, weights_file=model.weights)
     except ValueError as exc:  # a head that does not fit the backbone
         raise KshotError(str(exc)) from None
-    state_file = state_path(out)
-    resume_from = _read_state(state_file) if resume else None
-    classes, images = read_training_folder(data, config.preprocess)
     holdout_classes = held_out.holdout_classes
     if holdout_classes is None:
         holdout_classes = default_holdout_classes(len(classes))

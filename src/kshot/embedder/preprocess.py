@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from kshot.embedder.images import LoadedImage, read_image
-from kshot.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -103,28 +102,22 @@ class PreprocessConfig:
         return self.prepare(self.read(path).image)
 
 
-def dataset_mean_std(
-    config: PreprocessConfig, paths: Sequence[Path]
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std (0..1 scale) of ``paths`` after resize and crop.
+def dataset_mean_std(pixels: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (0..1 scale) of uint8 crops ``pixels (n, C, H, W)``.
 
     For ``--normalization dataset``: images far from ImageNet's statistics (leaves on grey, ink on
-    paper) are normalised with their own. Unreadable files are skipped.
+    paper) are normalised with their own. Summed 256 images at a time, in float64.
     """
-    total = np.zeros(config.channels)
-    total_sq = np.zeros(config.channels)
-    count = 0
-    for path in paths:
-        try:
-            image = config.read(path).image
-        except InputError:
-            continue
-        pixels = config.pixels(image).reshape(config.channels, -1).double().numpy() / 255.0
-        total += pixels.sum(axis=1)
-        total_sq += (pixels**2).sum(axis=1)
-        count += pixels.shape[1]
-    if count == 0:
+    if len(pixels) == 0:
         raise ValueError("no readable image to measure normalisation statistics on")
+    channels = pixels.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, len(pixels), 256):
+        chunk = pixels[start : start + 256].transpose(0, 1).reshape(channels, -1).double() / 255
+        total += chunk.sum(dim=1)
+        total_sq += (chunk**2).sum(dim=1)
+    count = pixels.numel() // channels
     mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    std = torch.sqrt(torch.clamp(total_sq / count - mean**2, min=1e-12))
     return tuple(mean.tolist()), tuple(std.tolist())
