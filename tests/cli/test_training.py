@@ -16,11 +16,11 @@ from tests.cli.conftest import make_image
 from tests.conftest import pattern
 
 
-def _train_args(tmp_path, out) -> tuple:
-    """``kshot train`` of a conv4 for one epoch on the fixture's images."""
+def _train_args(tmp_path, out, data: Path | None = None) -> tuple:
+    """``kshot train`` of a conv4 for one epoch on ``data`` (default: the fixture's images)."""
     return (
         "train",
-        tmp_path / "images",
+        data or tmp_path / "images",
         "--out",
         out,
         "--backbone",
@@ -291,19 +291,7 @@ def _six_classes(root: Path, per_class: int = 4, first: int = 0) -> Path:
 
 
 def _holdout_args(tmp_path: Path, out: Path) -> tuple:
-    data = _six_classes(tmp_path / "six")
-    return (
-        "train",
-        data,
-        "--out",
-        out,
-        "--backbone",
-        "conv4",
-        "--head-epochs",
-        "0",
-        "--epochs",
-        "1",
-    )
+    return _train_args(tmp_path, out, data=_six_classes(tmp_path / "six"))
 
 
 def test_held_out_classes_are_kept_out_and_scored(kshot, tmp_path):

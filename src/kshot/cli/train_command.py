@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from kshot.cli.options import Device, Normalization
-from kshot.errors import KshotError
 
 # The names of kshot.embedder.losses.LOSSES, listed here so that --help needs no torch import
 # (tests/cli/test_training.py checks the two agree).
@@ -44,19 +43,6 @@ class AugmentPreset(str, Enum):
 
 
 MODEL, RECIPE, AUGMENT, DATA, RUN = "Model", "Recipe", "Augmentation", "Data and validation", "Run"
-
-
-def _numbers(options: list[str], what: str) -> dict[str, float]:
-    parsed = {}
-    for option in options:
-        name, sep, value = option.partition("=")
-        try:
-            parsed[name.strip().replace("-", "_")] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise KshotError(f"{what} {option!r}: write NAME=NUMBER, e.g. margin=0.2")
-    return parsed
 
 
 def train(
@@ -260,11 +246,12 @@ def train(
     """Train an embedder with a metric-learning loss on labelled images, in up to two stages
     (a head on the frozen backbone, then fine-tuning). Under `torchrun` it trains on every
     process with DistributedDataParallel."""
+    from kshot.assignments import parse_assignments
     from kshot.cli.training import train_from_folder
     from kshot.embedder.augment import augment_config
 
     loss_options = {k: v for k, v in {"margin": margin, "scale": scale}.items() if v is not None}
-    loss_options |= _numbers(loss_option or [], "loss option")
+    loss_options |= parse_assignments(loss_option or [], "loss option", "margin=0.2")
     train_from_folder(
         data,
         out,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kshot.assignments import parse_assignments
 from kshot.errors import KshotError
 
 
@@ -55,20 +56,7 @@ class AugmentConfig:
     def with_options(self, options: list[str]) -> AugmentConfig:
         """This config with ``name=value`` strings laid over it."""
         names = {field.name for field in dataclasses.fields(self)}
-        changes = {}
-        for option in options:
-            name, _, value = option.partition("=")
-            name = name.strip().replace("-", "_")
-            if name not in names:
-                raise KshotError(
-                    f"unknown augmentation option {option!r}; known: {', '.join(sorted(names))}"
-                )
-            try:
-                changes[name] = float(value)
-            except ValueError:
-                raise KshotError(
-                    f"augmentation option {option!r}: {value!r} is not a number"
-                ) from None
+        changes = parse_assignments(options, "augmentation option", "rotation=90", names)
         return dataclasses.replace(self, **changes)
 
 

@@ -102,23 +102,24 @@ def embed_batch(embedder: Embedder, images: torch.Tensor) -> np.ndarray:
 
 @torch.inference_mode()
 def _in_chunks(
-    embedder: Embedder, network: Callable, pixels: torch.Tensor, batch_size: int
+    embedder: Embedder, network: Callable, width: int, pixels: torch.Tensor, batch_size: int
 ) -> torch.Tensor:
     """``network`` over uint8 crops ``pixels (n, C, H, W)``, normalised a batch at a time
-    (only one batch is ever held as floats); results stay on the embedder's device."""
+    (only one batch is ever held as floats): ``(n, width)``, on the embedder's device."""
     device = next(embedder.parameters()).device
     normalize = embedder.config.preprocess.normalize
     outputs = [
         network(normalize(pixels[i : i + batch_size]).to(device))
         for i in range(0, len(pixels), batch_size)
     ]
-    return torch.cat(outputs) if outputs else torch.zeros((0, embedder.embedding_dim))
+    return torch.cat(outputs) if outputs else torch.zeros((0, width))
 
 
 def embed_pixels(embedder: Embedder, pixels: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """uint8 crops ``(n, C, H, W)`` -> ``(n, D)`` float32 unit vectors, in eval mode."""
     embedder.eval()
-    return _in_chunks(embedder, embedder, pixels, batch_size).float().cpu().numpy()
+    vectors = _in_chunks(embedder, embedder, embedder.embedding_dim, pixels, batch_size)
+    return vectors.float().cpu().numpy()
 
 
 def backbone_features(
@@ -127,7 +128,8 @@ def backbone_features(
     """uint8 crops ``(n, C, H, W)`` -> the backbone's features ``(n, feature_dim)``, with the
     backbone in eval mode (as a frozen backbone trains)."""
     embedder.backbone.eval()
-    return _in_chunks(embedder, embedder.backbone, pixels, batch_size).cpu()
+    width = embedder.feature_dim
+    return _in_chunks(embedder, embedder.backbone, width, pixels, batch_size).cpu()
 
 
 def embed_files(
