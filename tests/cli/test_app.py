@@ -84,7 +84,7 @@ def test_query_keeps_the_path_as_given_and_reports_bad_images(kshot, enrolled, i
     given = "./" + str(images["corner"][3].relative_to(tmp_path))
     rows = kshot.json("query", enrolled, given, "missing.png", code=3)
     assert rows[0]["image"] == given and rows[0]["label"] == "corner"
-    assert rows[1] == {"image": "missing.png", "error": "no such file"}
+    assert rows[1] == {"image": "missing.png", "error": "does not exist"}
 
 
 def test_enrolling_the_same_image_twice_adds_nothing(kshot, enrolled, images):
@@ -120,7 +120,7 @@ def test_bad_images_are_reported_and_the_good_ones_enrolled(kshot, library, imag
     assert reasons["notes.jpg"] == "not an image file that can be decoded"
     assert "truncated" in reasons["truncated.jpg"]
     assert "decompression bomb" in reasons["bomb.png"]
-    assert reasons["nothing.png"] == "no such file"
+    assert reasons["nothing.png"] == "does not exist"
     assert "is a directory" in reasons["bad"]
     assert kshot.json("classes", library) == [{"label": "blob", "images": 1}]
 
@@ -182,12 +182,12 @@ def test_damaged_libraries_get_clear_errors(kshot, enrolled, images):
     (enrolled / "index.faiss").write_bytes(b"garbage")  # derived: rebuilt from the catalogue
     result = kshot(*query)
     assert "rebuilding" in result.output and "bars" in result.stdout
-    kshot(*query)  # and saved again
+    kshot(*query)  # a reader never writes it: rebuilt in memory again
     (enrolled / "catalogue.sqlite").write_bytes(b"garbage" * 100)
     assert "catalogue.sqlite: damaged" in kshot(*query, code=1).output
     (enrolled / "manifest.json").unlink()
     assert "manifest.json is missing" in kshot(*query, code=1).output
-    assert "no such library" in kshot("classes", enrolled / "nope", code=1).output
+    assert "nope: does not exist" in kshot("classes", enrolled / "nope", code=1).output
 
 
 def test_an_edited_model_file_is_refused(kshot, enrolled, images, library, tmp_path):

@@ -206,7 +206,7 @@ def assert_input_error(path: Path, *words: str, min_side: int = 64) -> InputErro
 
 
 def test_missing_file(tmp_path):
-    assert_input_error(tmp_path / "nope.jpg", "no such file")
+    assert_input_error(tmp_path / "nope.jpg", "does not exist")
 
 
 def test_directory(tmp_path):
