@@ -123,24 +123,20 @@ def file_sha256(path: str | Path) -> str | None:
     return digest.hexdigest()
 
 
-def images_in(inputs: list[str | Path]) -> tuple[list[Path], list[InputError]]:
-    """The image files ``inputs`` name: a file as given, a folder as the images directly in it.
-
-    A path that does not exist, and a folder with no image directly in it, are reported.
-    """
-    found: list[Path] = []
+def images_in(inputs: list[str]) -> tuple[list[str], list[InputError]]:
+    """The image files ``inputs`` name, in order: a folder stands for the images directly in it;
+    anything else is kept as given (reading it says what is wrong, e.g. that it does not exist).
+    A folder with no image directly in it is reported."""
+    found: list[str] = []
     errors: list[InputError] = []
-    for entry in map(Path, inputs):
-        if entry.is_dir():
-            images = list_images(entry)
-            if images:
-                found += images
-            else:
-                errors.append(InputError(entry, "is a folder with no image files directly in it"))
-        elif entry.exists() or entry.is_symlink():
-            found.append(entry)
+    for given in inputs:
+        entry = Path(given)
+        if not entry.is_dir():
+            found.append(given)
+        elif images := list_images(entry):
+            found += map(str, images)
         else:
-            errors.append(InputError(entry, "does not exist"))
+            errors.append(InputError(entry, "is a folder with no image files directly in it"))
     return found, errors
 
 

@@ -11,9 +11,7 @@ either machine loads on the other.
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from pathlib import Path
 
 import faiss
@@ -22,11 +20,10 @@ import numpy as np
 from kshot.atomic import atomic_path
 from kshot.errors import KshotError, os_error_reason
 from kshot.index.gpu import to_gpu
+from kshot.index.header import read_header, write_header
 from kshot.index.spec import KINDS, IndexSpec
 
 __all__ = ["KINDS", "IndexSpec", "VectorIndex", "ivfpq_layout"]
-
-MAGIC = b"KSHOTIX1"  # starts an index file with a header
 
 
 def ivfpq_layout(dim: int, count: int) -> tuple[int, int]:
@@ -190,10 +187,8 @@ class VectorIndex:
     def save(self, path: Path, header: dict | None = None) -> None:
         """Write the index to ``path`` atomically, after a small JSON ``header`` (what it
         reflects: the catalogue stamp) and the HNSW tombstones, in one file."""
-        head = dict(header or {}, removed=self._removed.tolist())
-        text = json.dumps(head).encode("utf-8")
         with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
-            handle.write(MAGIC + struct.pack("<Q", len(text)) + text)
+            write_header(handle, dict(header or {}, removed=self._removed.tolist()))
             faiss.write_index(self._index, faiss.PyCallbackIOWriter(handle.write))
 
     @classmethod
@@ -202,18 +197,13 @@ class VectorIndex:
         header existed: its ``header`` is then empty)."""
         try:
             with open(path, "rb") as handle:
-                head: dict = {}
-                if handle.read(len(MAGIC)) == MAGIC:
-                    (size,) = struct.unpack("<Q", handle.read(8))
-                    head = json.loads(handle.read(size).decode("utf-8"))
-                else:
-                    handle.seek(0)
+                head = read_header(handle) or {}
                 index = faiss.read_index(faiss.PyCallbackIOReader(handle.read))
         except OSError as exc:
             raise KshotError(
                 f"{path}: not a readable FAISS index ({os_error_reason(exc)})"
             ) from None
-        except (RuntimeError, ValueError, struct.error) as exc:
+        except (RuntimeError, ValueError) as exc:
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise KshotError(f"{path}: not a readable FAISS index ({reason})") from None
         removed = np.asarray(head.pop("removed", []), np.int64)
