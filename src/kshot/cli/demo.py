@@ -32,6 +32,19 @@ def write_digits(root: Path) -> None:
         grey.resize((32, 32), Image.Resampling.NEAREST).save(folder / f"{i:04d}.png")
 
 
+def _kshot() -> str:
+    """How to run kshot from here: ``kshot`` if the shell finds this one, else the full path of
+    the one beside this Python (the README installs into ``.venv`` without activating it)."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).with_name("kshot")
+    found = shutil.which("kshot")
+    if not beside.is_file() or (found and Path(found).resolve() == beside.resolve()):
+        return "kshot"
+    return str(beside)
+
+
 def run_demo(workdir: Path | None, epochs: int, seed: int = 0) -> float:
     """Run the demo in ``workdir`` (a new temporary folder if None); returns the accuracy."""
     from kshot.cli.training import train_from_folder
@@ -82,7 +95,7 @@ def run_demo(workdir: Path | None, epochs: int, seed: int = 0) -> float:
         f"{classes}-way {SHOTS}-shot accuracy on unseen digits: {accuracy:.1%} "
         f"({right}/{len(queries)}), in {time.perf_counter() - started:.0f} s\n"
         f"model:   {model}\nlibrary: {library}\n"
-        f"try:     kshot query {library} {queries[0][0]}\n"
-        f"         kshot classes {library}"
+        f"try:     {_kshot()} query {library} {queries[0][0]}\n"
+        f"         {_kshot()} classes {library}"
     )
     return accuracy

@@ -104,13 +104,21 @@ def _embedders(models: list[Path], backbones: list[str], device: str) -> dict:
     if not models and not backbones:
         raise KshotError("give --model FILE or --backbone NAME (each may be repeated)")
     found = {}
-    for path in models:
-        found[path.stem] = embedder_from(path, None, None, True)
+    for path in models:  # keyed by the path as given: a/model.kshot and b/model.kshot both count
+        found[_report_name(path, models)] = embedder_from(path, None, None, True)
     for name in backbones:
         found[name] = embedder_from(None, name, None, True)
     for embedder, _ in found.values():
         embedder.for_inference(resolve_device(device))
     return found
+
+
+def _report_name(path: Path, models: list[Path]) -> str:
+    """A model's name in reports: its file's stem, or its path (``/`` as ``-``) if another model
+    of the comparison has the same stem."""
+    if sum(other.stem == path.stem for other in models) == 1:
+        return path.stem
+    return str(path.with_suffix("")).strip("/").replace("/", "-")
 
 
 def _publish(out: Path, name: str, report: dict, markdown: str) -> None:
@@ -206,28 +214,32 @@ def outliers(
     pairs = cross_label_duplicates(
         entries.vectors, entries.labels, entries.ids, duplicate_similarity
     )
+    # Duplicates first: the same photo under two labels is a certain finding, a disagreement a hint.
     if as_json:
+        for row in pairs:
+            images = [source[i] for i in row["ids"]]
+            typer.echo(
+                json.dumps({"kind": "duplicate", "images": images, **row}, ensure_ascii=False)
+            )
         for row in suspects:
             typer.echo(
                 json.dumps(
                     {"kind": "disagreement", "image": source[row["id"]], **row}, ensure_ascii=False
                 )
             )
-        for row in pairs:
-            images = [source[i] for i in row["ids"]]
-            typer.echo(
-                json.dumps({"kind": "duplicate", "images": images, **row}, ensure_ascii=False)
-            )
         return
-    for row in suspects:
-        typer.echo(
-            f"{source[row['id']]}\t{row['label']}\tneighbours say {row['suggested']} "
-            f"({row['disagreement']:.0%})"
-        )
     for row in pairs:
         a, b = (source[i] for i in row["ids"])
         typer.echo(
             f"{a}\t{b}\tnear-duplicates ({row['similarity']:.3f}) labelled "
             f"{row['labels'][0]} and {row['labels'][1]}"
         )
-    say(f"{len(suspects)} image(s) whose neighbours disagree; {len(pairs)} near-duplicate pair(s)")
+    for row in suspects:
+        typer.echo(
+            f"{source[row['id']]}\t{row['label']}\tneighbours say {row['suggested']} "
+            f"({row['consensus']:.0%} of them)"
+        )
+    say(
+        f"{len(pairs)} near-duplicate pair(s) under different labels; "
+        f"{len(suspects)} image(s) whose neighbours say another label"
+    )

@@ -216,7 +216,9 @@ def _train(
     _warn_if_new_classes_got_worse(before, after, held_classes)
     info = {
         "trained": True,
-        "data": str(data.resolve()),
+        # The folder's name only: a model file travels, and a full path tells where its
+        # maker keeps files (a user name, a mount), which is not the model's business.
+        "data": data.resolve().name,
         "classes": trained_classes,
         "holdout_classes": held_classes,
         "train": train_config.to_dict(),
