@@ -181,9 +181,11 @@ def test_a_failed_index_save_loses_nothing(tmp_path, conv4_embedder, photos, mon
     root = tmp_path / "lib"
     lib = Library.create(root, conv4_embedder, {}, SPEC, device="cpu")
     monkeypatch.setattr(VectorIndex, "save", disk_full)
+    monkeypatch.setattr(library_module, "FOLD_AFTER", 1)
     lib.enroll(items_of(photos))
-    lib.compact()
     assert "no space left on the device" in caplog.text
+    with pytest.raises(KshotError, match="could not save the index"):
+        lib.compact()
     monkeypatch.undo()
     lib = assert_consistent(root)
     assert len(lib.catalogue) == 8 and np.isfinite(lib.entries().vectors).all()

@@ -252,9 +252,10 @@ class Library(LibraryStore):
         if not state.saved or state.unsaved >= FOLD_AFTER:
             self._save_index(index)
 
-    def _save_index(self, index: VectorIndex) -> None:
+    def _save_index(self, index: VectorIndex) -> str | None:
         """Save ``index`` stamped with what it reflects. Call with the lock held. A failure
-        (disk full) loses nothing: the catalogue holds it all, and the next write saves."""
+        (disk full) loses nothing: the catalogue holds it all, and the next write saves; it is
+        logged, and returned as its message (``None`` when saved)."""
         state = self._index_state
         if index.tombstones > len(index) // 10:
             index = index.compacted()
@@ -267,23 +268,27 @@ class Library(LibraryStore):
         try:
             index.save(self.root / INDEX, header)
         except OSError as exc:
+            failure = os_error_message(exc, self.root / INDEX)
             log.warning(
                 "could not save the index (%s); nothing is lost: the catalogue holds every "
                 "image, and the next write saves the index",
-                os_error_message(exc, self.root / INDEX),
+                failure,
             )
-            return
+            return failure
         self._index_state = _IndexState(index, state.stamp, state.position, 0, True)
         self._derived["index"] = index
+        return None
 
     def compact(self) -> int:
         """Save the index as the catalogue stands, HNSW tombstones dropped; returns how many
-        journal changes were folded into it."""
+        journal changes were folded into it. Raises :class:`StorageError` if it cannot save."""
         with self.locked():
             index = self._load_index()
             folded = self._index_state.unsaved
             self._index_state.index = index.compacted()
-            self._save_index(self._index_state.index)
+            failure = self._save_index(self._index_state.index)
+        if failure is not None:
+            raise StorageError(f"could not save the index: {failure}")
         return folded
 
     def enroll(
