@@ -809,3 +809,18 @@ def test_a_read_only_library_answers_queries(tmp_path, conv4_embedder, monkeypat
     monkeypatch.setattr(VectorIndex, "save", no_writes)
     (result,) = Library.open(root).query([image], method="knn")
     assert result.decision.label == "bars"
+    # Changing it is refused in one line that names the catalogue and says what to do.
+    with pytest.raises(KshotError) as caught:
+        Library.open(root).forget("bars")
+    assert "catalogue.sqlite: cannot write it, it is read-only" in str(caught.value)
+    assert "copy it to writable storage" in str(caught.value)
+
+
+def test_a_path_with_a_newline(tmp_path, conv4_embedder, make_image):
+    image = make_image(tmp_path / "two\nlines.png", size=(40, 40), seed=3)
+    root = tmp_path / "lib"
+    lib = Library.create(root, conv4_embedder, {}, SPEC, device="cpu")
+    assert len(lib.enroll([(image, "odd")]).added) == 1
+    assert lib.entries().sources == [str(image.resolve())]
+    assert [r.label for r in lib.forget_images([str(image.resolve())])] == ["odd"]
+    assert lib.classes() == []
