@@ -139,11 +139,42 @@ def _conv4() -> BackboneSpec:
     )
 
 
+def _multilevel(
+    spec: BackboneSpec, levels: Callable[[nn.Module], list[nn.Module]], widths: tuple[int, ...]
+) -> BackboneSpec:
+    """``spec`` with multi-level features (``kshot.embedder.multilevel``), as ``NAME_multilevel``:
+    ``levels`` picks the blocks of a built model whose pooled outputs join its features,
+    ``widths`` are their channel counts."""
+    from dataclasses import replace
+
+    from kshot.embedder.multilevel import attach_levels
+
+    def strip_and_attach(model: nn.Module) -> None:
+        spec.strip_classifier(model)
+        attach_levels(model, levels(model))
+
+    return replace(
+        spec,
+        name=f"{spec.name}_multilevel",
+        feature_dim=lambda config: spec.feature_dim(config) + sum(widths),
+        strip_classifier=strip_and_attach,
+    )
+
+
+_LITE0 = _efficientnet_lite0()
+_MOBILENET_V2 = _torchvision("mobilenet_v2", 1280, "classifier.1")
+
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        _efficientnet_lite0(),
-        _torchvision("mobilenet_v2", 1280, "classifier.1"),
+        _LITE0,
+        # The last blocks of the stride-16 stage (112 channels) and of the last stage (320).
+        _multilevel(_LITE0, lambda model: [model._blocks[10], model._blocks[15]], (112, 320)),
+        _MOBILENET_V2,
+        # Likewise: the end of the stride-16 stage (96) and the last inverted residual (320).
+        _multilevel(
+            _MOBILENET_V2, lambda model: [model.features[13], model.features[17]], (96, 320)
+        ),
         _torchvision("mobilenet_v3_large", 960, "classifier"),
         _torchvision("efficientnet_b0", 1280, "classifier.1"),
         _torchvision("efficientnet_b3", 1536, "classifier.1"),

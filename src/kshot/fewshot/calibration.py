@@ -30,6 +30,7 @@ from kshot.fewshot.rules.base import DecisionRule
 
 DEFAULT_SCALE = 1.0
 MAX_FOLDS = 5
+MAX_HELD_OUT = 2000  # images scored out of fold at most: enough to fit two numbers and a threshold
 
 
 def softmax(scores: np.ndarray, scale: float, background: float | None = None) -> np.ndarray:
@@ -54,7 +55,8 @@ def out_of_fold_scores(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``(scores (M, C), codes (M,), classes)``: each of M held-out images scored by a rule fitted
     without it. Only images of classes with two or more images are held out (a class must keep
-    one), at most ``folds`` per class, so every fold's rule knows every class."""
+    one), at most ``folds`` per class and ``MAX_HELD_OUT`` in all, so every fold's rule knows
+    every class."""
     labels = np.asarray(labels, dtype=str)
     classes, codes = np.unique(labels, return_inverse=True)
     rng = np.random.default_rng(seed)
@@ -64,6 +66,9 @@ def out_of_fold_scores(
         if len(members) >= 2:
             held = members[: min(folds, len(members))]
             fold_of[held] = np.arange(len(held))
+    held = np.flatnonzero(fold_of >= 0)
+    if len(held) > MAX_HELD_OUT:  # a library of thousands of classes: a sample of them
+        fold_of[rng.choice(held, size=len(held) - MAX_HELD_OUT, replace=False)] = -1
     rows, truth = [], []
     for fold in range(int(fold_of.max()) + 1):
         out = fold_of == fold

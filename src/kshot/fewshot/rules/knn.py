@@ -27,6 +27,9 @@ class KNNRule(DecisionRule):
         self.neighbours = neighbours
         self.vectors: np.ndarray | None = None
 
+    def warm_copy(self) -> KNNRule:
+        return KNNRule(self.neighbours)
+
     def _fit(self, vectors: np.ndarray, codes: np.ndarray) -> None:
         self.vectors, self.codes = vectors, codes
         self.sizes = np.bincount(codes, minlength=len(self.classes))
