@@ -13,6 +13,7 @@ from kshot.cli.console import say
 from kshot.cli.training_data import read_training_folder, read_validation_folder
 from kshot.cli.training_observer import TrainingConsole, format_scores, state_path
 from kshot.embedder.backbones import get_backbone
+from kshot.embedder.ensemble import is_ensemble, normalization_error
 from kshot.embedder.checkpoint import save_checkpoint
 from kshot.embedder.distributed import Distributed, start_from_env, stop
 from kshot.embedder.model import EmbedderConfig, build_embedder
@@ -34,6 +35,8 @@ def default_holdout_classes(classes: int) -> int:
 
 def _config(model: ModelOptions, data_mean_std: tuple | None = None) -> EmbedderConfig:
     """``data_mean_std``: the training images' own statistics, for ``--normalization dataset``."""
+    if model.normalization != "backbone" and is_ensemble(model.backbone):
+        raise normalization_error(model.backbone)
     preprocess = get_backbone(model.backbone).default_preprocess()
     image_size, channels = model.image_size, model.channels
     if image_size is not None:  # keep the backbone's resize-to-crop ratio
