@@ -48,6 +48,7 @@ def test_init_offline_without_weights_says_what_to_do(kshot, tmp_path, monkeypat
     from kshot.embedder import mobilenet_v2_weights
 
     monkeypatch.setattr(mobilenet_v2_weights, "packaged_file", lambda: None)
+
     def offline(*args, **kwargs):
         raise OSError("Temporary failure in name resolution")
 

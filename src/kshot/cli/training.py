@@ -13,9 +13,9 @@ from kshot.cli.console import say
 from kshot.cli.training_data import read_training_folder, read_validation_folder
 from kshot.cli.training_observer import TrainingConsole, format_scores, state_path
 from kshot.embedder.backbones import get_backbone
-from kshot.embedder.ensemble import is_ensemble, normalization_error
 from kshot.embedder.checkpoint import save_checkpoint
 from kshot.embedder.distributed import Distributed, start_from_env, stop
+from kshot.embedder.ensemble import is_ensemble, normalization_error
 from kshot.embedder.model import EmbedderConfig, build_embedder
 from kshot.embedder.preprocess import IMAGENET_MEAN, IMAGENET_STD, dataset_mean_std
 from kshot.embedder.training import Observer, TrainConfig, seed_everything, train_embedder

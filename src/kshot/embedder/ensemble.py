@@ -30,8 +30,16 @@ class EnsembleMember(nn.Module):
         super().__init__()
         self.net = net
         self.size = size
-        self.register_buffer("mean", torch.tensor(config.mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(config.std).view(1, -1, 1, 1))
+        for name, tensor in self.normalization(config).items():
+            self.register_buffer(name, tensor)
+
+    @staticmethod
+    def normalization(config: PreprocessConfig) -> dict[str, torch.Tensor]:
+        """The member's ``mean`` and ``std`` buffers: in the state dict, so in the model file."""
+        return {
+            "mean": torch.tensor(config.mean).view(1, -1, 1, 1),
+            "std": torch.tensor(config.std).view(1, -1, 1, 1),
+        }
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.size is not None:
@@ -126,11 +134,12 @@ def ensemble_spec(name: str) -> BackboneSpec:
                 f"{missing[0]} has no pretrained weights, so the ensemble {name} has none: "
                 "use --no-pretrained for random weights"
             )
-        return {
-            f"members.{i}.net.{key}": tensor
-            for i, spec in enumerate(specs)
-            for key, tensor in spec.pretrained().items()
-        }
+        state = {}
+        for i, (spec, default) in enumerate(zip(specs, defaults, strict=True)):
+            state.update({f"members.{i}.net.{k}": v for k, v in spec.pretrained().items()})
+            normalization = EnsembleMember.normalization(default)
+            state.update({f"members.{i}.{k}": v for k, v in normalization.items()})
+        return state
 
     def strip_classifier(model: nn.Module) -> None:
         for spec, member in zip(specs, model.members, strict=True):
