@@ -48,5 +48,6 @@ def test_train_an_ensemble(kshot, images, tmp_path):
     assert not model.exists()
     recipe = ("--head-epochs", "0", "--epochs", "1", "--batch-size", "12")
     kshot(*common, *recipe, "--trainable-blocks", "1")
-    embedder, _ = load_checkpoint(model)
+    embedder, info = load_checkpoint(model)
     assert embedder.config.backbone == "conv4+conv4" and embedder.embedding_dim == 128
+    assert info["starting_weights"] == "random weights"

@@ -62,6 +62,13 @@ def _config(model: ModelOptions, data_mean_std: tuple | None = None) -> Embedder
         raise KshotError(str(exc)) from None
 
 
+def _starting_weights(model: ModelOptions, pretrained: bool) -> str:
+    """Where the backbone's weights came from, for the model file's info."""
+    if model.weights is not None:
+        return f"weights file {model.weights}"
+    return get_backbone(model.backbone).pretrained_source() if pretrained else "random weights"
+
+
 def train_from_folder(
     data: Path,
     out: Path,
@@ -224,6 +231,7 @@ def _train(
         "holdout_classes": held_classes,
         "train": train_config.to_dict(),
         "pretrained": pretrained,
+        "starting_weights": _starting_weights(model, pretrained),
         "best_epoch": result.best_epoch,
         "scores_before": before,
         "scores_after": after,
