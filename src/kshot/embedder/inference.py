@@ -46,8 +46,11 @@ class _ImageFiles(Dataset):
         self.paths = list(paths)
         self.config = config
         self.digest = digest
-        self.prepare = config.pixels if pixels else config.prepare
         self.views = views
+        if views:
+            self.prepare = self._views
+        else:
+            self.prepare = config.pixels if pixels else config.prepare
 
     def _views(self, image) -> torch.Tensor:
         return self.config.normalize(view_pixels(self.config, image, self.views))
@@ -60,8 +63,7 @@ class _ImageFiles(Dataset):
             loaded = self.config.read(self.paths[i], self.digest)
         except InputError as exc:
             return i, None, None, exc
-        prepare = self._views if self.views else self.prepare
-        return i, prepare(loaded.image), loaded.sha256, None
+        return i, self.prepare(loaded.image), loaded.sha256, None
 
 
 def _collate(items):
