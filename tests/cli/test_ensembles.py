@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from kshot.embedder.checkpoint import load_checkpoint
+from kshot.embedder.mobilenet_v2_weights import packaged_file
 
 
 def test_init_enroll_query_on_an_ensemble(kshot, images, tmp_path):
@@ -51,3 +53,15 @@ def test_train_an_ensemble(kshot, images, tmp_path):
     embedder, info = load_checkpoint(model)
     assert embedder.config.backbone == "conv4+conv4" and embedder.embedding_dim == 128
     assert info["starting_weights"] == "random weights"
+
+
+@pytest.mark.skipif(packaged_file() is None, reason="no offline MobileNetV2 weights installed")
+def test_embed_with_the_pretrained_lite0_mobilenet_ensemble(kshot, images, tmp_path):
+    out = tmp_path / "vectors"
+    few = [images["bars"][0], images["blob"][0]]
+    kshot("embed", *few, "--out", out, "--backbone", "efficientnet_lite0+mobilenet_v2")
+    vectors = np.load(out / "embeddings.npy")
+    assert vectors.shape == (2, 2560) and np.isfinite(vectors).all()
+    # each member's half is a unit vector scaled by 1/sqrt(2)
+    halves = np.linalg.norm(vectors.reshape(2, 2, 1280), axis=2)
+    assert np.allclose(halves, 2**-0.5, atol=1e-5)
