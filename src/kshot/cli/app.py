@@ -94,7 +94,10 @@ def init(
     model: Annotated[Path | None, typer.Option(help="A model file from `kshot train`.")] = None,
     backbone: Annotated[
         str | None,
-        typer.Option(help="Untrained: the backbone's pretrained features (see `kshot backbones`)."),
+        typer.Option(
+            help="Untrained: the backbone's pretrained features (see `kshot backbones`); "
+            "names joined by + make an ensemble."
+        ),
     ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="Backbone weights file to use instead of downloading.")
@@ -297,7 +300,9 @@ def embed(
     ],
     out: Annotated[Path, typer.Option(help="Folder for embeddings.npy and images.csv.")],
     model: Annotated[Path | None, typer.Option(help="A model file.")] = None,
-    backbone: Annotated[str | None, typer.Option(help="An untrained backbone.")] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="An untrained backbone (a+b: an ensemble).")
+    ] = None,
     weights: Annotated[Path | None, typer.Option(help="Backbone weights file.")] = None,
     device: Device = "auto",
 ):
