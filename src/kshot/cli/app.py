@@ -113,6 +113,13 @@ def init(
         Centre,
         typer.Option(help="library: centre embeddings on the library's mean before deciding."),
     ] = Centre.none,
+    tta: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Test-time augmentation view averaged in at enroll and query (repeatable): "
+            "hflip, vflip, full. Each view costs one more forward pass per image.",
+        ),
+    ] = None,
     device: Device = "auto",
 ):
     """Create an empty library bound to one model (with neither --model nor --backbone: the
@@ -130,7 +137,7 @@ def init(
     embedder, info = embedder_from(model, backbone, weights, pretrained)
     settings = DecisionSettings(method.value, centre=centre.value)
     spec = IndexSpec(kind=index.value)
-    Library.create(library, embedder, info, spec, device=device, settings=settings)
+    Library.create(library, embedder, info, spec, device=device, settings=settings, tta=tta or ())
     say(
         f"created library {library} ({embedder.embedding_dim}-d embeddings, {index.value} index, "
         f"{method.value} decisions)"
