@@ -130,9 +130,11 @@ def init(
 
     check_new_library_path(library)
     if model is None and backbone is None:
-        from kshot.embedder.backbones import DEFAULT_BACKBONE
+        from kshot.embedder.backbones import default_embedder
 
-        backbone = DEFAULT_BACKBONE
+        backbone, notice = default_embedder()
+        if notice:
+            say(f"kshot: {notice}")
         say(f"no --model or --backbone: using the default embedder, {backbone}")
     embedder, info = embedder_from(model, backbone, weights, pretrained)
     settings = DecisionSettings(method.value, centre=centre.value)
@@ -295,7 +297,7 @@ def backbones():
     for name, spec in BACKBONES.items():
         config = spec.default_preprocess()
         pretrained = "ImageNet weights" if spec.pretrained else "trained from scratch"
-        default = "  (default)" if name == DEFAULT_BACKBONE else ""
+        default = "  (default for kshot train)" if name == DEFAULT_BACKBONE else ""
         size = f"{spec.feature_dim(config):>5}-d  {config.input_size}px"
         typer.echo(f"{name:<20} {size}  {pretrained}{default}")
 
