@@ -168,16 +168,30 @@ def forget(
 
 
 @command
-def backbones():
-    """List the backbones an embedder can be built on."""
-    from kshot.embedder.backbones import BACKBONES, DEFAULT_BACKBONE
+def backbones(
+    details: Annotated[
+        bool, typer.Option(help="Also parameters and GFLOPs per image (builds each model).")
+    ] = False,
+):
+    """List the backbones an embedder can be built on (any timm model too, as timm:NAME), and
+    whether their pretrained weights are on this machine (nothing is downloaded)."""
+    from kshot.embedder.backbone_info import describe, listed_backbones
+    from kshot.embedder.backbones import DEFAULT_BACKBONE
 
-    for name, spec in BACKBONES.items():
-        config = spec.default_preprocess()
-        pretrained = "ImageNet weights" if spec.pretrained else "trained from scratch"
+    for name in listed_backbones():
+        info = describe(name, details)
+        size = f"{info.feature_dim:>5}-d  {info.input_size:>3}px"
+        weights = {
+            "installed": "ImageNet weights installed",
+            "cached": "pretrained weights cached",
+            "absent": "weights not on this machine (downloaded on first use)",
+            "none": "trained from scratch",
+        }[info.weights]
+        extra = (
+            f"  {info.parameters / 1e6:6.1f}M params {info.gflops:6.1f} GFLOPs" if details else ""
+        )
         default = "  (default)" if name == DEFAULT_BACKBONE else ""
-        size = f"{spec.feature_dim(config):>5}-d  {config.input_size}px"
-        typer.echo(f"{name:<20} {size}  {pretrained}{default}")
+        typer.echo(f"{name:<42} {size}{extra}  {weights}{default}")
 
 
 @command
