@@ -39,7 +39,7 @@ def timm_backbone(name: str) -> BackboneSpec:
         name=name,
         feature_dim=lambda config: _feature_dim(model_name, config.input_size),
         default_preprocess=lambda: preprocess_from_cfg(cfg),
-        build=lambda config: _create(model_name, config),
+        build=lambda config: _build(model_name, config),
         pretrained=lambda: _pretrained_state(name, cfg),
         blocks=model_blocks,
         fit_weights=lambda state, model: _fit_weights(state, model, cfg),
@@ -93,6 +93,13 @@ def _create(model_name: str, config: PreprocessConfig, meta: bool = False) -> nn
             return timm.create_model(model_name, num_classes=0)
 
 
+def _build(model_name: str, config: PreprocessConfig) -> nn.Module:
+    """The model, once its pooled output is checked on the meta device (before any weights are
+    made or looked for)."""
+    _feature_dim(model_name, config.input_size)
+    return _create(model_name, config)
+
+
 @functools.cache
 def _meta_model(model_name: str, input_size: int | None) -> nn.Module:
     """The model on the meta device: shapes and configs without memory or weights."""
@@ -111,9 +118,15 @@ def _meta_model(model_name: str, input_size: int | None) -> nn.Module:
 def _feature_dim(model_name: str, input_size: int) -> int:
     """The width of the pooled output, from a forward pass on the meta device (no compute);
     ``KshotError`` for a model that does not pool to one vector per image."""
-    model = _meta_model(model_name, input_size)
-    with torch.no_grad():
-        out = model.eval()(torch.zeros(1, 3, input_size, input_size, device="meta"))
+    try:
+        model = _meta_model(model_name, input_size)
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, 3, input_size, input_size, device="meta"))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise KshotError(
+            f"timm:{model_name} does not take {input_size}px images ({reason})"
+        ) from None
     if out.ndim != 2:
         raise KshotError(
             f"timm:{model_name} returns {tuple(out.shape)} features per image, not one pooled "
