@@ -17,8 +17,17 @@ from kshot.cli.console import (
     say,
     setup_logging,
 )
-from kshot.cli.embedders import embedder_from
-from kshot.cli.options import AsJson, Device, IndexKind, LibraryDir, Method
+from kshot.cli.embedders import embedder_from, open_library, set_precision
+from kshot.cli.options import (
+    AsJson,
+    Device,
+    IndexKind,
+    LibraryDir,
+    LibraryPrecision,
+    Method,
+    Precision,
+    PrecisionOption,
+)
 from kshot.errors import KshotError
 
 app = typer.Typer(
@@ -63,6 +72,7 @@ def init(
     index: Annotated[
         IndexKind, typer.Option(help="flat: exact; hnsw, ivfpq: large libraries.")
     ] = IndexKind.flat,
+    precision: PrecisionOption = Precision.fp32,
     device: Device = "auto",
 ):
     """Create an empty library bound to one model."""
@@ -71,8 +81,13 @@ def init(
 
     check_new_library_path(library)
     embedder, info = embedder_from(model, backbone, weights, pretrained)
-    Library.create(library, embedder, info, IndexSpec(kind=index.value), device=device)
-    say(f"created library {library} ({embedder.embedding_dim}-d embeddings, {index.value} index)")
+    chosen = set_precision(embedder, precision.value, device)
+    spec = IndexSpec(kind=index.value)
+    Library.create(library, embedder, info, spec, device=device, precision=chosen)
+    say(
+        f"created library {library} ({embedder.embedding_dim}-d embeddings, {index.value} index, "
+        f"{chosen})"
+    )
     say(f"next: kshot enroll {library} --label NAME IMAGE...   or   kshot enroll {library} DIR")
 
 
@@ -89,11 +104,12 @@ def enroll(
         str | None, typer.Option("--label", "-l", help="The class of the images.")
     ] = None,
     as_json: AsJson = False,
+    precision: LibraryPrecision = None,
     device: Device = "auto",
 ):
     """Add labelled images to a library: a new class from a few photos, no retraining."""
     from kshot.fewshot.labels import check_label
-    from kshot.fewshot.library import EnrollReport, Library, folder_items
+    from kshot.fewshot.library import EnrollReport, folder_items
 
     if label is None:
         if len(inputs) != 1 or not Path(inputs[0]).is_dir():
@@ -107,7 +123,7 @@ def enroll(
         except ValueError as exc:
             raise KshotError(str(exc)) from None
         items, refused = [(Path(p), label) for p in inputs], []
-    lib = Library.open(library, device=device)
+    lib = open_library(library, precision and precision.value, [p for p, _ in items], device)
     with progress("enrolling", len(items)) as advance:
         report = lib.enroll(items, on_progress=advance) if items else EnrollReport()
     report.errors[:0] = refused
@@ -133,12 +149,11 @@ def query(
         Path | None, typer.Option(help="Refuse to run unless the library uses this model.")
     ] = None,
     as_json: AsJson = False,
+    precision: LibraryPrecision = None,
     device: Device = "auto",
 ):
     """Classify images against a library's classes."""
-    from kshot.fewshot.library import Library
-
-    lib = Library.open(library, model=model, device=device)
+    lib = open_library(library, precision and precision.value, images, device, model)
     with progress("querying", len(images)) as advance:
         results = lib.query(images, method.value, top_k, threshold, neighbours, advance)
     render.query_results(results, as_json)
@@ -203,6 +218,7 @@ def embed(
     model: Annotated[Path | None, typer.Option(help="A model file.")] = None,
     backbone: Annotated[str | None, typer.Option(help="An untrained backbone.")] = None,
     weights: Annotated[Path | None, typer.Option(help="Backbone weights file.")] = None,
+    precision: PrecisionOption = Precision.fp32,
     device: Device = "auto",
 ):
     """Write embeddings of images (.npy) and their labels (.csv) for tools of your own."""
@@ -217,6 +233,7 @@ def embed(
 
     embedder, _ = embedder_from(model, backbone, weights, pretrained=True)
     embedder.for_inference(resolve_device(device))
+    set_precision(embedder, precision.value, device)
     items: list[tuple[Path, str]] = []
     refused = []
     for entry in map(Path, inputs):

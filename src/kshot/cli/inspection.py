@@ -12,7 +12,7 @@ import typer
 
 from kshot.cli.console import progress, say
 from kshot.cli.embedders import embedder_from
-from kshot.cli.options import AsJson, Device, LibraryDir, Method
+from kshot.cli.options import AsJson, Device, LibraryDir, Method, Precision, PrecisionOption
 from kshot.errors import KshotError
 
 
@@ -47,6 +47,11 @@ def evaluate(
     neighbours: Annotated[int, typer.Option(min=1, help="k of --method knn.")] = 10,
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="Folder for the reports.")] = Path("kshot-report"),
+    speed: Annotated[
+        bool,
+        typer.Option(help="Comparing: also ms/image at batch 1 and 32, and the model's size."),
+    ] = True,
+    precision: PrecisionOption = Precision.fp32,
     device: Device = "auto",
 ):
     """Measure accuracy, precision, recall, F1 and retrieval metrics; episodes; 'unknown'."""
@@ -64,7 +69,7 @@ def evaluate(
             )
         _publish(out, data.name, report, reports.split_markdown(data.name, report))
         return
-    candidates = _embedders(model or [], backbone or [], device)
+    candidates = _embedders(model or [], backbone or [], device, precision.value)
     items, _ = folder_items(data)
     if episodes is not None:
         for name, (embedder, _) in candidates.items():
@@ -91,14 +96,20 @@ def evaluate(
                 held_out=held_out,
                 on_progress=advance,
             )
+        if speed and len(candidates) > 1:
+            from kshot.embedder.speed import speed_report
+
+            results[name]["speed"] = speed_report(embedder)
         _publish(out, name, results[name], reports.split_markdown(name, results[name]))
     if len(results) > 1:
         reports.write_report(out, "comparison", results, reports.comparison_markdown(results))
         typer.echo(reports.comparison_markdown(results))
 
 
-def _embedders(models: list[Path], backbones: list[str], device: str) -> dict:
-    """``{name: (embedder, info)}`` for each model file and untrained backbone, on ``device``."""
+def _embedders(models: list[Path], backbones: list[str], device: str, precision: str) -> dict:
+    """``{name: (embedder, info)}`` for each model file and untrained backbone, on ``device``
+    in ``precision`` (``auto``: each its own)."""
+    from kshot.cli.embedders import set_precision
     from kshot.embedder.runtime import resolve_device
 
     if not models and not backbones:
@@ -110,6 +121,7 @@ def _embedders(models: list[Path], backbones: list[str], device: str) -> dict:
         found[name] = embedder_from(None, name, None, True)
     for embedder, _ in found.values():
         embedder.for_inference(resolve_device(device))
+        set_precision(embedder, precision, device)
     return found
 
 

@@ -84,8 +84,6 @@ def _create(model_name: str, config: PreprocessConfig, meta: bool = False) -> nn
     a fixed input size (ViTs' position embeddings), otherwise any size works."""
     import timm
 
-    if config.channels != 3:
-        raise KshotError(f"timm:{model_name} takes colour images: preprocessing needs 3 channels")
     with torch.device("meta") if meta else contextlib.nullcontext():
         try:
             return timm.create_model(model_name, num_classes=0, img_size=config.input_size)
@@ -96,6 +94,8 @@ def _create(model_name: str, config: PreprocessConfig, meta: bool = False) -> nn
 def _build(model_name: str, config: PreprocessConfig) -> nn.Module:
     """The model, once its pooled output is checked on the meta device (before any weights are
     made or looked for)."""
+    if config.channels != 3:
+        raise KshotError(f"timm:{model_name} takes colour images: preprocessing needs 3 channels")
     _feature_dim(model_name, config.input_size)
     return _create(model_name, config)
 

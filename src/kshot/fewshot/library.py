@@ -1,6 +1,7 @@
 """A library: one directory holding a model, the images enrolled with it and an index over them.
 
-    LIB/manifest.json     format version, model hash, embedding dim, index kind (written at init)
+    LIB/manifest.json     format version, model hash, embedding dim, index kind, the precision
+                          it embeds in (written at init; fp32 where an older library has none)
     LIB/model.kshot       the embedder the library is bound to: a copy, so the directory is
                           self-contained and gives the same answers wherever it is copied
     LIB/catalogue.sqlite  enrolled images and their embeddings: the source of truth
@@ -27,6 +28,7 @@ from kshot.embedder.checkpoint import load_checkpoint, model_hash, save_checkpoi
 from kshot.embedder.images import list_images
 from kshot.embedder.inference import embed_files
 from kshot.embedder.model import Embedder
+from kshot.embedder.precision import PRECISIONS, check_precision
 from kshot.embedder.runtime import resolve_device
 from kshot.errors import InputError, KshotError
 from kshot.fewshot.catalogue import Catalogue, Entries, NewImage
@@ -67,6 +69,7 @@ class Manifest:
     model_sha256: str
     embedding_dim: int
     index: IndexSpec
+    precision: str = "fp32"  # "bf16": embedded under bfloat16 autocast (kshot.embedder.precision)
 
     def to_json(self) -> str:
         data = {
@@ -75,6 +78,7 @@ class Manifest:
             "model_sha256": self.model_sha256,
             "embedding_dim": self.embedding_dim,
             "index": self.index.to_dict(),
+            "precision": self.precision,
         }
         return json.dumps(data, indent=2) + "\n"
 
@@ -89,7 +93,10 @@ class Manifest:
             if data.get("version") != VERSION:
                 raise ValueError(f"library version {data.get('version')} is not {VERSION}")
             spec = IndexSpec.from_dict(data["index"])
-            return cls(data["model_sha256"], int(data["embedding_dim"]), spec)
+            precision = data.get("precision", "fp32")
+            if precision not in PRECISIONS:
+                raise ValueError(f"unknown precision {precision!r}")
+            return cls(data["model_sha256"], int(data["embedding_dim"]), spec, precision)
         except (ValueError, KeyError, TypeError, AttributeError, KshotError) as exc:
             raise KshotError(f"{path}: damaged library manifest ({exc})") from None
 
@@ -105,37 +112,60 @@ def check_new_library_path(root: Path) -> Path:
 class Library:
     """Open with :meth:`open`, make with :meth:`create`."""
 
-    def __init__(self, root: Path, manifest: Manifest, device: str = "auto"):
+    def __init__(
+        self, root: Path, manifest: Manifest, device: str = "auto", precision: str | None = None
+    ):
         self.root = root
         self.manifest = manifest
         self.device = resolve_device(device)
+        # The library's own precision unless a command asks for another (check_mixing first).
+        self.precision = precision or manifest.precision
         self.catalogue = Catalogue(root / CATALOGUE, manifest.embedding_dim)
         self._derived: dict[str, object] = {}  # index, class counts, prototypes
         self._derived_version = self.catalogue.version()
 
     @classmethod
     def create(
-        cls, root: Path, embedder: Embedder, info: dict, spec: IndexSpec, device: str = "auto"
+        cls,
+        root: Path,
+        embedder: Embedder,
+        info: dict,
+        spec: IndexSpec,
+        device: str = "auto",
+        precision: str | None = None,
     ) -> Library:
+        """A new library at ``root`` bound to ``embedder``, embedding in ``precision`` (default:
+        the embedder's own)."""
         root = check_new_library_path(root)
+        precision = precision or embedder.precision
+        check_precision(precision, resolve_device(device))
         root.mkdir(parents=True, exist_ok=True)
         digest = save_checkpoint(embedder, root / MODEL, info)
-        manifest = Manifest(digest, embedder.embedding_dim, spec)
+        manifest = Manifest(digest, embedder.embedding_dim, spec, precision)
         Catalogue(root / CATALOGUE, manifest.embedding_dim, create=True).close()
         VectorIndex(manifest.embedding_dim, spec).save(root / INDEX)
         write_text_atomic(root / MANIFEST, manifest.to_json())  # last: it marks a whole library
         library = cls(root, manifest, device)
         # The model just saved, hash known: no need to read it back (the property's cache).
-        library.__dict__["embedder"] = embedder.for_inference(library.device)
+        embedder = embedder.for_inference(library.device)
+        embedder.precision = precision
+        library.__dict__["embedder"] = embedder
         return library
 
     @classmethod
-    def open(cls, root: Path, model: Path | None = None, device: str = "auto") -> Library:
-        """Open the library at ``root``; ``model``, if given, must be the one it is bound to."""
+    def open(
+        cls,
+        root: Path,
+        model: Path | None = None,
+        device: str = "auto",
+        precision: str | None = None,
+    ) -> Library:
+        """Open the library at ``root``; ``model``, if given, must be the one it is bound to;
+        ``precision``, if given, replaces the library's own (see ``precision.check_mixing``)."""
         root = Path(root)
         if not root.is_dir():
             raise KshotError(f"{root}: no such library directory")
-        library = cls(root, Manifest.read(root / MANIFEST), device)
+        library = cls(root, Manifest.read(root / MANIFEST), device, precision)
         if model is not None:
             other, _ = load_checkpoint(model)
             if model_hash(other) != library.manifest.model_sha256:
@@ -158,7 +188,10 @@ class Library:
                 f"{self.root / MANIFEST}: damaged library manifest (embedding_dim "
                 f"{self.manifest.embedding_dim}, but the model embeds in {embedder.embedding_dim})"
             )
-        return embedder.for_inference(self.device)
+        check_precision(self.precision, self.device)
+        embedder = embedder.for_inference(self.device)
+        embedder.precision = self.precision
+        return embedder
 
     def _cached(self, name: str, build: Callable[[], object]):
         """Derived state, built once and dropped when the catalogue changes (a change by another
