@@ -1,5 +1,5 @@
 """Which embedder a command builds (cli/embedders.py): a timm backbone by name, end to end, and
-its refusals, which leave nothing behind."""
+its refusals, which leave nothing behind; the precision it embeds in."""
 
 from __future__ import annotations
 
@@ -63,4 +63,58 @@ def test_wrong_weights_file_writes_nothing(kshot, tmp_path, vit_weights):
     library = tmp_path / "lib"
     output = kshot("init", library, "--backbone", VIT, "--weights", wrong, code=1).output
     assert str(wrong) in output and "another architecture" in output
+    assert not library.exists()
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    from kshot.embedder import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: {"amx_bf16"})
+
+
+def _manifest(library):
+    return json.loads((library / "manifest.json").read_text())
+
+
+def _count(kshot, library) -> int:
+    return sum(row["images"] for row in kshot.json("classes", library))
+
+
+def test_library_built_in_bf16_records_it_and_checks_before_mixing(
+    kshot, tmp_path, images, bf16_cpu
+):
+    library = tmp_path / "lib"
+    torch.manual_seed(0)
+    result = kshot("init", library, "--backbone", "conv4", "--no-pretrained", "--precision", "bf16")
+    assert "bf16" in result.output and _manifest(library)["precision"] == "bf16"
+    kshot("enroll", library, "--label", "bars", *images["bars"][:3])
+    mixed = kshot("enroll", library, "--label", "blob", *images["blob"][:3], "--precision", "fp32")
+    assert "mean cosine" in mixed.output and "mix with this bf16 library" in mixed.output
+    assert _count(kshot, library) == 6 and _manifest(library)["precision"] == "bf16"
+
+
+def test_mixing_refused_below_the_threshold_adds_nothing(
+    kshot, library, images, bf16_cpu, monkeypatch
+):
+    from kshot.embedder import precision
+
+    kshot("enroll", library, "--label", "bars", *images["bars"][:3])
+    monkeypatch.setattr(precision, "MIN_MIXING_COSINE", 1.01)
+    output = kshot(
+        "enroll", library, "--label", "blob", *images["blob"][:3], "--precision", "bf16", code=1
+    ).output
+    assert "not be comparable" in output and "--precision fp32" in output
+    assert _count(kshot, library) == 3
+    query = kshot("query", library, images["bars"][3], "--precision", "bf16", code=1).output
+    assert "not be comparable" in query
+
+
+def test_bf16_on_a_cpu_without_it_writes_nothing(kshot, tmp_path, monkeypatch):
+    from kshot.embedder import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: set())
+    library = tmp_path / "lib"
+    args = ("init", library, "--backbone", "conv4", "--no-pretrained", "--precision", "bf16")
+    assert "no native bfloat16" in kshot(*args, code=1).output
     assert not library.exists()

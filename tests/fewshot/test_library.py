@@ -109,6 +109,22 @@ def test_manifest_json_round_trip():
     )
 
 
+def test_manifest_records_the_precision_and_reads_older_ones_as_fp32(tmp_path):
+    manifest = Manifest("ab" * 32, 64, IndexSpec(), "bf16")
+    data = json.loads(manifest.to_json())
+    assert data["precision"] == "bf16"
+    path = tmp_path / "manifest.json"
+    path.write_text(manifest.to_json())
+    assert Manifest.read(path) == manifest
+    del data["precision"]  # a library made before precisions were recorded
+    path.write_text(json.dumps(data))
+    assert Manifest.read(path).precision == "fp32"
+    data["precision"] = "fp8"
+    path.write_text(json.dumps(data))
+    with pytest.raises(KshotError, match="unknown precision"):
+        Manifest.read(path)
+
+
 def test_create_into_an_existing_empty_directory(root, conv4_embedder):
     root.mkdir()
     Library.create(root, conv4_embedder, {}, SPEC, device="cpu")
