@@ -32,6 +32,11 @@ class Precision(str, Enum):
     auto = "auto"
 
 
+class TrainPrecision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 PRECISION_HELP = (
     "fp32; bf16 (autocast, on a CPU with AVX-512 BF16 or AMX); auto: bf16 where a one-off "
     "measurement finds it faster for this backbone"

@@ -20,15 +20,18 @@ def model_size(embedder: Embedder) -> dict:
     }
 
 
-def ms_per_image(embedder: Embedder, batch_size: int, repeats: int = 1) -> float:
+def ms_per_image(
+    embedder: Embedder, batch_size: int, repeats: int = 1, warmup: bool = True
+) -> float:
     """Milliseconds per image of embedding random images in batches of ``batch_size``, in the
-    embedder's precision on its device: best of ``repeats`` passes after one warm-up pass.
+    embedder's precision on its device: best of ``repeats`` passes (after one warm-up pass).
     Decoding files is left out: it is the same for every backbone."""
     config = embedder.config.preprocess
     generator = torch.Generator().manual_seed(0)
     shape = (batch_size, config.channels, config.input_size, config.input_size)
     images = torch.randn(shape, generator=generator)
-    embed_batch(embedder, images)
+    if warmup:
+        embed_batch(embedder, images)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
