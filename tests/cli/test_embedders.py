@@ -118,3 +118,39 @@ def test_bf16_on_a_cpu_without_it_writes_nothing(kshot, tmp_path, monkeypatch):
     args = ("init", library, "--backbone", "conv4", "--no-pretrained", "--precision", "bf16")
     assert "no native bfloat16" in kshot(*args, code=1).output
     assert not library.exists()
+
+
+def test_embed_in_bf16_stays_close_to_fp32(kshot, tmp_path, images, bf16_cpu):
+    import numpy as np
+
+    model = tmp_path / "lib" / "model.kshot"
+    torch.manual_seed(0)
+    kshot("init", tmp_path / "lib", "--backbone", "conv4", "--no-pretrained")
+    vectors = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        kshot(
+            "embed", tmp_path / "images", "--out", out, "--model", model, "--precision", precision
+        )
+        vectors[precision] = np.load(out / "embeddings.npy")
+    cosines = np.sum(vectors["fp32"] * vectors["bf16"], axis=1)
+    assert cosines.mean() >= 0.999 and not np.array_equal(vectors["fp32"], vectors["bf16"])
+
+
+def test_training_in_bf16_on_a_cpu_without_it_is_refused(kshot, tmp_path, images, monkeypatch):
+    from kshot.embedder import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: set())
+    out = tmp_path / "m.kshot"
+    args = (
+        "train",
+        tmp_path / "images",
+        "--out",
+        out,
+        "--backbone",
+        "conv4",
+        "--precision",
+        "bf16",
+    )
+    assert "no native bfloat16" in kshot(*args, "--device", "cpu", code=1).output
+    assert not out.exists()

@@ -26,15 +26,9 @@ class Normalization(str, Enum):
     dataset = "dataset"
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    auto = "auto"
-
-
-class TrainPrecision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
+# Embedding takes auto (measured per backbone, kshot.embedder.precision); training fp32 or bf16.
+Precision = Enum("Precision", {name: name for name in ("fp32", "bf16", "auto")}, type=str)
+TrainPrecision = Enum("TrainPrecision", {name: name for name in ("fp32", "bf16")}, type=str)
 
 
 PRECISION_HELP = (
