@@ -228,12 +228,10 @@ def embed(
 
     from kshot.atomic import atomic_path
     from kshot.embedder.inference import embed_files
-    from kshot.embedder.runtime import resolve_device
     from kshot.fewshot.library import folder_items
 
     embedder, _ = embedder_from(model, backbone, weights, pretrained=True)
-    embedder.for_inference(resolve_device(device))
-    set_precision(embedder, precision.value, device)
+    set_precision(embedder, precision.value, device)  # on the device, in inference mode
     items: list[tuple[Path, str]] = []
     refused = []
     for entry in map(Path, inputs):

@@ -28,7 +28,9 @@ def set_precision(embedder, precision: str, device: str) -> str:
     from kshot.embedder import precision as precisions
     from kshot.embedder.runtime import resolve_device
 
-    embedder.precision = precisions.resolve(precision, embedder, resolve_device(device))
+    target = resolve_device(device)
+    embedder.for_inference(target)  # auto measures the embedder as it will run
+    embedder.precision = precisions.resolve(precision, embedder, target)
     return embedder.precision
 
 

@@ -110,7 +110,6 @@ def _embedders(models: list[Path], backbones: list[str], device: str, precision:
     """``{name: (embedder, info)}`` for each model file and untrained backbone, on ``device``
     in ``precision`` (``auto``: each its own)."""
     from kshot.cli.embedders import set_precision
-    from kshot.embedder.runtime import resolve_device
 
     if not models and not backbones:
         raise KshotError("give --model FILE or --backbone NAME (each may be repeated)")
@@ -120,8 +119,7 @@ def _embedders(models: list[Path], backbones: list[str], device: str, precision:
     for name in backbones:
         found[name] = embedder_from(None, name, None, True)
     for embedder, _ in found.values():
-        embedder.for_inference(resolve_device(device))
-        set_precision(embedder, precision, device)
+        set_precision(embedder, precision, device)  # on the device, in inference mode
     return found
 
 
