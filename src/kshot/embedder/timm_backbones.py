@@ -26,10 +26,6 @@ from kshot.errors import KshotError
 PREFIX = "timm:"
 
 
-def is_timm_name(name: str) -> bool:
-    return name.startswith(PREFIX)
-
-
 @functools.cache
 def timm_backbone(name: str) -> BackboneSpec:
     """The spec of ``timm:MODEL``; ``KshotError`` with the closest names for an unknown one."""
@@ -66,7 +62,8 @@ def _pretrained_cfg(model_name: str) -> dict:
 
 def preprocess_from_cfg(cfg: dict) -> PreprocessConfig:
     """kshot's preprocessing from a timm ``pretrained_cfg``: the shorter side resized to
-    ``floor(input_size / crop_pct)`` then the centre crop, as timm's eval transform does."""
+    ``floor(input_size / crop_pct)`` then the centre crop, as timm's eval transform does (its
+    rarer ``crop_mode`` squash and border are read as the centre crop)."""
     size = int(cfg["input_size"][-1])
     crop_pct = cfg.get("crop_pct") or 1.0
     interpolation = cfg.get("interpolation") or "bilinear"
