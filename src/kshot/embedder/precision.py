@@ -6,11 +6,11 @@ final normalisation in float32, so the vectors stored stay float32. On a CPU it 
 bfloat16 instructions (AVX-512 BF16 or AMX); elsewhere it is emulated and slower than fp32, so
 asking for it there is an error.
 
-``auto`` decides per backbone and machine from a measurement: a one-off timing of the embedder
-on a few random images in both precisions, cached in ``~/.cache/kshot/precision.json`` (or
-``$KSHOT_CACHE``). A measurement rather than a table: the gain depends on the CPU (AMX or not),
-the thread count and the architecture (depthwise convolutions gain little), and a table measured
-on one machine would be wrong on the next.
+``auto`` decides per backbone and machine from a measurement: a one-off timing (CPU seconds) of
+the embedder on a few random images in both precisions, cached in
+``~/.cache/kshot/precision.json`` (or ``$KSHOT_CACHE``). A measurement rather than a table: the
+gain depends on the CPU (AMX or not), the thread count and the architecture (depthwise
+convolutions gain least), and a table measured on one machine would be wrong on the next.
 """
 
 from __future__ import annotations
@@ -106,8 +106,10 @@ def _embedding_mode(embedder, precision: str) -> Iterator[None]:
 
 
 def measure(embedder, images: torch.Tensor, repeats: int = 2) -> dict:
-    """Best-of-``repeats`` seconds per batch in fp32 and in bf16, and the two embeddings'
-    mean cosine, for ``images (N, C, H, W)`` (one warm-up pass each, uncounted)."""
+    """Best-of-``repeats`` CPU seconds of this process per batch in fp32 and in bf16, and the
+    two embeddings' mean cosine, for ``images (N, C, H, W)`` (one warm-up pass each,
+    uncounted). CPU time rather than wall time: on a machine busy with other work, wall time
+    swung 5x between passes of the same model, CPU time did not (benchmarks/backbones.py)."""
     from kshot.embedder.inference import embed_batch
 
     result = {}
@@ -117,9 +119,9 @@ def measure(embedder, images: torch.Tensor, repeats: int = 2) -> dict:
             vectors[precision] = embed_batch(embedder, images)
             times = []
             for _ in range(repeats):
-                start = time.perf_counter()
+                start = time.process_time()
                 embed_batch(embedder, images)
-                times.append(time.perf_counter() - start)
+                times.append(time.process_time() - start)
         result[f"{precision}_s"] = min(times)
     result["cosine"], result["lowest_cosine"] = mean_cosine(vectors["fp32"], vectors["bf16"])
     return result
