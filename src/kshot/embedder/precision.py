@@ -109,7 +109,8 @@ def measure(embedder, images: torch.Tensor, repeats: int = 2) -> dict:
     """Best-of-``repeats`` CPU seconds of this process per batch in fp32 and in bf16, and the
     two embeddings' mean cosine, for ``images (N, C, H, W)`` (one warm-up pass each,
     uncounted). CPU time rather than wall time: on a machine busy with other work, wall time
-    swung 5x between passes of the same model, CPU time did not (benchmarks/backbones.py)."""
+    varied more than 10x between passes of the same model; CPU time agreed within 17% across
+    two runs (BENCHMARKS.md)."""
     from kshot.embedder.inference import embed_batch
 
     result = {}
