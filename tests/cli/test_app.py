@@ -220,3 +220,13 @@ def test_backbones_lists_the_registry(kshot):
     assert any(line.startswith("inception_v3 ") for line in lines)
     assert any(line.startswith("timm:vit_small_patch14_dinov2") for line in lines)
     assert len(lines) == len(listed_backbones())
+
+
+def test_backbones_details_add_parameters_and_gflops(kshot, monkeypatch):
+    from kshot.embedder import backbone_info
+
+    monkeypatch.setattr(backbone_info, "listed_backbones", lambda: ["resnet50", "conv4"])
+    lines = kshot("backbones", "--details").output.splitlines()
+    assert len(lines) == 2
+    assert "23.5M params" in lines[0] and "8.2 GFLOPs" in lines[0]
+    assert "trained from scratch" in lines[1]
