@@ -69,13 +69,19 @@ def weights_present(name: str) -> str:
     spec = get_backbone(name)
     if spec.pretrained is None:
         return "none"
-    if name == "efficientnet_lite0":
+    base = name.removesuffix("_multilevel")  # a multi-level backbone has its base's weights
+    if base == "efficientnet_lite0":
         return "installed"
     from torchvision.models import get_model_weights
 
+    from kshot.embedder import mobilenet_v2_weights
     from kshot.embedder.weights import url_cache_file
 
-    return "cached" if url_cache_file(get_model_weights(name).DEFAULT.url).is_file() else "absent"
+    if url_cache_file(get_model_weights(base).DEFAULT.url).is_file():
+        return "cached"
+    if base == "mobilenet_v2" and mobilenet_v2_weights.packaged_file():
+        return "installed"
+    return "absent"
 
 
 @dataclass(frozen=True)

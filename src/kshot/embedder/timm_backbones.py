@@ -39,6 +39,10 @@ def timm_backbone(name: str) -> BackboneSpec:
         pretrained=lambda: _pretrained_state(name, cfg),
         blocks=model_blocks,
         fit_weights=lambda state, model: _fit_weights(state, model, cfg),
+        pretrained_source=lambda: (
+            f"timm's pretrained weights of {model_name}"
+            + (f" (https://huggingface.co/{cfg['hf_hub_id']})" if cfg.get("hf_hub_id") else "")
+        ),
     )
 
 

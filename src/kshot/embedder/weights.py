@@ -57,8 +57,9 @@ def load_state_dict_file(path: Path) -> dict:
     return state
 
 
-def url_state_dict(name: str, url: str) -> dict:
-    """The state dict at ``url``, from torch hub's cache or downloaded into it."""
+def url_state_dict(name: str, url: str, offline_hint: str = "") -> dict:
+    """The state dict at ``url``, from torch hub's cache or downloaded into it.
+    ``offline_hint`` adds a way out of its own to the message when the download fails."""
     try:
         return torch.hub.load_state_dict_from_url(
             url, progress=True, check_hash=True, weights_only=True
@@ -68,8 +69,8 @@ def url_state_dict(name: str, url: str) -> dict:
         raise KshotError(
             f"cannot download the pretrained weights of {name} ({exc}). Offline? Either run the "
             f"same command once on a connected machine and copy {cache} to this machine's same "
-            f"path, or download {url} and pass it with --weights FILE, or use "
-            f"--backbone efficientnet_lite0, whose weights come installed"
+            f"path, or download {url} and pass it with --weights FILE, {offline_hint}"
+            f"or use --backbone efficientnet_lite0, whose weights come installed"
         ) from None
 
 
