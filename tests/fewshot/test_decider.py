@@ -65,3 +65,15 @@ def test_a_damaged_file_is_a_clear_error(tmp_path):
 def test_bad_settings(settings, message):
     with pytest.raises(KshotError, match=message):
         DecisionSettings(**settings)
+
+
+def test_ten_thousand_classes_decide_by_prototypes_with_a_notice(caplog):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(10_000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = [f"c{i:05d}" for i in range(10_000)]
+    decider = Decider.fit(DecisionSettings("logistic"), vectors, labels)
+    assert "deciding by class prototypes" in caplog.text
+    assert decider.calibration.threshold is None  # one image per class: nothing to hold out
+    best = decider.scores(vectors[:50]).argmax(axis=1)
+    assert [decider.classes[b] for b in best] == labels[:50]
