@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from kshot.cli import inspection, render, train_command
+from kshot.cli import inspection, render, serve_command, train_command
 from kshot.cli.console import (
     EXIT_FAILED,
     EXIT_SOME_INPUTS_FAILED,
@@ -251,6 +251,7 @@ for extra in (
     inspection.projector,
     inspection.plot,
     inspection.outliers,
+    serve_command.serve,
 ):
     command(extra)
 

@@ -14,44 +14,47 @@ def _json_line(data: dict) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False))
 
 
+def query_result_json(result) -> dict:
+    """The JSON object of one query result, for ``kshot query --json`` and the server alike:
+    ``image`` (as given), then either ``label``, ``score`` and ``top_k`` (a list of
+    ``{"label", "score"}``), or ``error``."""
+    if result.error is not None:
+        return {"image": result.image, "error": result.error.reason}
+    decision = result.decision
+    return {
+        "image": result.image,
+        "label": decision.label,
+        "score": round(decision.score, 6),
+        "top_k": [{"label": label, "score": round(score, 6)} for label, score in decision.top_k],
+    }
+
+
 def query_results(results: Sequence, as_json: bool) -> None:
-    """One line per image. JSON fields: ``image`` (as given), then either ``label``, ``score``
-    and ``top_k`` (a list of ``{"label", "score"}``), or ``error``."""
+    """One line per image: :func:`query_result_json` with ``as_json``, else plain text."""
     for result in results:
-        if result.error is not None:
-            if as_json:
-                _json_line({"image": result.image, "error": result.error.reason})
-            else:
-                say(f"kshot: {result.error}")
-            continue
-        decision = result.decision
         if as_json:
-            top = [{"label": label, "score": round(score, 6)} for label, score in decision.top_k]
-            _json_line(
-                {
-                    "image": result.image,
-                    "label": decision.label,
-                    "score": round(decision.score, 6),
-                    "top_k": top,
-                }
-            )
+            _json_line(query_result_json(result))
+        elif result.error is not None:
+            say(f"kshot: {result.error}")
         else:
+            decision = result.decision
             others = ", ".join(f"{label} {score:.3f}" for label, score in decision.top_k[1:])
             line = f"{result.image}\t{decision.label}\t{decision.score:.3f}"
             typer.echo(line + (f"\t(then: {others})" if others else ""))
 
 
+def enroll_report_json(report) -> dict:
+    """The JSON object of an enrollment, for ``kshot enroll --json`` and the server alike."""
+    return {
+        "added": [{"image": image, "label": label} for image, label in report.added],
+        "duplicates": [{"image": image, "label": label} for image, label in report.duplicates],
+        "errors": [{"image": e.source, "error": e.reason} for e in report.errors],
+    }
+
+
 def enroll_report(report, as_json: bool) -> None:
     if as_json:
-        _json_line(
-            {
-                "added": [{"image": image, "label": label} for image, label in report.added],
-                "duplicates": [
-                    {"image": image, "label": label} for image, label in report.duplicates
-                ],
-                "errors": [{"image": e.source, "error": e.reason} for e in report.errors],
-            }
-        )
+        _json_line(enroll_report_json(report))
         return
     for error in report.errors:
         say(f"kshot: {error}")

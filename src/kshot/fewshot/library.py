@@ -279,20 +279,37 @@ class Library:
     ) -> list[QueryResult]:
         """Classify each image: by nearest class prototype, or by weighted vote of its
         ``neighbours`` nearest enrolled images (``method="knn"``)."""
+        self._check_queryable(method)
+        embedded = embed_files(self.embedder, images, on_progress=on_progress)
+        decisions = self.decisions(embedded.vectors, method, top_k, threshold, neighbours)
+        results: list[QueryResult | None] = [None] * len(images)
+        for i, decision in zip(embedded.indices, decisions, strict=True):
+            results[i] = QueryResult(str(images[i]), decision=decision)
+        for i, error in embedded.errors:
+            results[i] = QueryResult(str(images[i]), error=error)
+        return results
+
+    def _check_queryable(self, method: str) -> None:
         if method not in METHODS:
             raise KshotError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
         if not self.classes():
             raise KshotError(
                 f"{self.root} has no enrolled images yet: enroll some first (kshot enroll)"
             )
-        embedded = embed_files(self.embedder, images, on_progress=on_progress)
-        scores = self.scores(embedded.vectors, method, neighbours)
-        results: list[QueryResult | None] = [None] * len(images)
-        for i, score in zip(embedded.indices, scores, strict=True):
-            results[i] = QueryResult(str(images[i]), decision=decide(score, top_k, threshold))
-        for i, error in embedded.errors:
-            results[i] = QueryResult(str(images[i]), error=error)
-        return results
+
+    def decisions(
+        self,
+        vectors: np.ndarray,
+        method: str = "prototype",
+        top_k: int = 5,
+        threshold: float | None = None,
+        neighbours: int = 10,
+    ) -> list[Decision]:
+        """The decision for each embedded query ``vectors (m, dim)``: what :meth:`query` answers
+        for images already embedded (the server embeds many requests' images in one pass)."""
+        self._check_queryable(method)
+        scores = self.scores(vectors, method, neighbours)
+        return [decide(score, top_k, threshold) for score in scores]
 
     def scores(
         self, vectors: np.ndarray, method: str = "prototype", neighbours: int = 10

@@ -1,0 +1,88 @@
+"""``kshot serve``: libraries behind an HTTP API and a web page (FastAPI on uvicorn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kshot.cli.console import say
+from kshot.cli.options import Device
+
+
+def serve(
+    libraries: Annotated[
+        list[Path], typer.Argument(help="Library directories; each is served under its name.")
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    api_keys: Annotated[
+        Path | None,
+        typer.Option(help="File of API keys, a line each: 'rw KEY' (read-write) or 'ro KEY'."),
+    ] = None,
+    max_request_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body.")] = 64,
+    max_images: Annotated[int, typer.Option(min=1, help="Most images in one request.")] = 64,
+    max_megapixels: Annotated[float, typer.Option(min=0.001, help="Largest image.")] = 150,
+    request_seconds: Annotated[float, typer.Option(min=0.1, help="Time limit per request.")] = 60,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most images in one forward pass.")] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option(min=0, help="Longest wait for a batch to fill, after its first image.")
+    ] = 2,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Connections beyond this are answered 503.")
+    ] = 1000,
+    device: Device = "auto",
+):
+    """Serve libraries over HTTP: the JSON API (/docs), the web page (/), /metrics.
+
+    API keys: KSHOT_API_KEY (read-write) and KSHOT_READ_API_KEY (read-only) in the environment,
+    or --api-keys FILE. Without any key the server only listens on a loopback address.
+    """
+    import logging
+
+    import uvicorn
+
+    from kshot.serve.app import create_app
+    from kshot.serve.auth import Keys, check_bind
+    from kshot.serve.settings import Batching, Limits, Settings
+
+    keys = Keys.load(api_keys)
+    check_bind(host, keys)
+    settings = Settings(
+        libraries=tuple(libraries),
+        keys=keys,
+        limits=Limits(
+            max_request_bytes=int(max_request_mb * 1024 * 1024),
+            max_images=max_images,
+            max_pixels=int(max_megapixels * 1_000_000),
+            request_seconds=request_seconds,
+        ),
+        batching=Batching(max_batch=max_batch, max_wait_s=max_wait_ms / 1000),
+        device=device,
+    )
+    for root in libraries:
+        from kshot.fewshot.library import MANIFEST, Manifest
+
+        Manifest.read(Path(root) / MANIFEST)  # a bad path fails now, not in the background
+    app = create_app(settings)
+    access = logging.getLogger("kshot.access")
+    if not access.handlers:
+        handler = logging.StreamHandler()
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+    names = ", ".join(Path(root).name for root in libraries)
+    where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    say(f"kshot: serving {names} at {where} (page: {where}/, API: {where}/docs)")
+    if not keys.enabled:
+        say("kshot: no API key set: open to anyone on this machine, listening on loopback only")
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        limit_concurrency=max_connections,
+        timeout_keep_alive=5,
+    )

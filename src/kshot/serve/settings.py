@@ -1,0 +1,39 @@
+"""What a server is started with: its libraries, keys and limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kshot.embedder.images import MAX_PIXELS
+from kshot.serve.auth import Keys
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per request: its body's bytes, images and seconds; per image: pixels. Queued images
+    beyond ``max_queue`` are refused with 429 rather than left to wait."""
+
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_images: int = 64
+    max_pixels: int = MAX_PIXELS
+    request_seconds: float = 60.0
+    max_queue: int = 512
+
+
+@dataclass(frozen=True)
+class Batching:
+    """A forward pass takes up to ``max_batch`` queued images, waiting at most ``max_wait_s``
+    after the first for more to arrive."""
+
+    max_batch: int = 32
+    max_wait_s: float = 0.002
+
+
+@dataclass(frozen=True)
+class Settings:
+    libraries: tuple[Path, ...]
+    keys: Keys = field(default_factory=Keys)
+    limits: Limits = field(default_factory=Limits)
+    batching: Batching = field(default_factory=Batching)
+    device: str = "auto"
