@@ -134,8 +134,17 @@ def query(
     ] = None,
     as_json: AsJson = False,
     device: Device = "auto",
+    server: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask a running `kshot serve` at this URL instead; LIBRARY is then its name "
+            "there. The key, if one is needed, comes from KSHOT_API_KEY.",
+        ),
+    ] = None,
 ):
     """Classify images against a library's classes."""
+    if server is not None:
+        return _query_server(server, library, images, top_k, method, threshold, neighbours, as_json)
     from kshot.fewshot.library import Library
 
     lib = Library.open(library, model=model, device=device)
@@ -143,6 +152,20 @@ def query(
         results = lib.query(images, method.value, top_k, threshold, neighbours, advance)
     render.query_results(results, as_json)
     return EXIT_SOME_INPUTS_FAILED if any(r.error for r in results) else 0
+
+
+def _query_server(url, library, images, top_k, method, threshold, neighbours, as_json) -> int:
+    import os
+
+    from kshot.serve.client import Client
+
+    missing = [image for image in images if not Path(image).is_file()]
+    if missing:
+        raise KshotError(f"{missing[0]}: no such file")
+    client = Client(url, api_key=os.environ.get("KSHOT_API_KEY"))
+    results = client.query(str(library), images, top_k, threshold, method.value, neighbours)
+    render.query_result_lines(results, as_json)
+    return EXIT_SOME_INPUTS_FAILED if any("error" in r for r in results) else 0
 
 
 @command

@@ -30,16 +30,21 @@ def query_result_json(result) -> dict:
 
 
 def query_results(results: Sequence, as_json: bool) -> None:
-    """One line per image: :func:`query_result_json` with ``as_json``, else plain text."""
+    """One line per image, from :func:`query_result_json`."""
+    query_result_lines([query_result_json(result) for result in results], as_json)
+
+
+def query_result_lines(results: Sequence[dict], as_json: bool) -> None:
+    """One line per image's JSON result (a local one, or a server's): the JSON itself, or for
+    people a tab-separated line, an error on stderr."""
     for result in results:
         if as_json:
-            _json_line(query_result_json(result))
-        elif result.error is not None:
-            say(f"kshot: {result.error}")
+            _json_line(result)
+        elif "error" in result:
+            say(f"kshot: {result['image']}: {result['error']}")
         else:
-            decision = result.decision
-            others = ", ".join(f"{label} {score:.3f}" for label, score in decision.top_k[1:])
-            line = f"{result.image}\t{decision.label}\t{decision.score:.3f}"
+            others = ", ".join(f"{t['label']} {t['score']:.3f}" for t in result["top_k"][1:])
+            line = f"{result['image']}\t{result['label']}\t{result['score']:.3f}"
             typer.echo(line + (f"\t(then: {others})" if others else ""))
 
 
