@@ -4,9 +4,8 @@ Each request hands its prepared images and a function that turns their embedding
 answer; the batcher takes the requests queued (up to ``max_batch`` images, waiting at most
 ``max_wait_s`` after the first), runs one forward pass and every request's function on the
 library's own thread, and wakes each request with its answer. While a pass runs, the next
-requests queue up, so batches grow with the load and a lone request waits for no one. Written by
-hand: FastAPI and uvicorn have no batching, and the servers that do (Triton, BentoML, LitServe)
-are whole servers of their own.
+requests queue up, so batches grow with the load. Written by hand: FastAPI and uvicorn have no
+batching, and the servers that do (Triton, BentoML, LitServe) are whole servers of their own.
 """
 
 from __future__ import annotations
