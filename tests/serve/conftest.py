@@ -130,3 +130,25 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+
+
+READ_WRITE_KEY, READ_ONLY_KEY = "rw-secret", "ro-secret"
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory):
+    """One server for the real-HTTP tests, with keys, a 1 MB body limit and a 3 s time limit;
+    each test uses labels of its own."""
+    root = build_library(tmp_path_factory.mktemp("http") / "leaves")
+    server = Server(
+        root,
+        "--max-request-mb",
+        "1",
+        "--request-seconds",
+        "3",
+        env={"KSHOT_API_KEY": READ_WRITE_KEY, "KSHOT_READ_API_KEY": READ_ONLY_KEY},
+    )
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
