@@ -137,8 +137,8 @@ READ_WRITE_KEY, READ_ONLY_KEY = "rw-secret", "ro-secret"
 
 @pytest.fixture(scope="session")
 def http_server(tmp_path_factory):
-    """One server for the real-HTTP tests, with keys, a 1 MB body limit and a 3 s time limit;
-    each test uses labels of its own."""
+    """One server for the real-HTTP tests, with keys, a 1 MB body limit, a 3 s time limit and
+    at most 16 requests at once; each test uses labels of its own."""
     root = build_library(tmp_path_factory.mktemp("http") / "leaves")
     server = Server(
         root,
@@ -146,6 +146,8 @@ def http_server(tmp_path_factory):
         "1",
         "--request-seconds",
         "3",
+        "--max-requests",
+        "16",
         env={"KSHOT_API_KEY": READ_WRITE_KEY, "KSHOT_READ_API_KEY": READ_ONLY_KEY},
     )
     try:

@@ -179,3 +179,45 @@ def test_concurrent_enrollments_and_queries_lose_no_vector(http_server, tmp_path
     for i in range(6):
         writer.forget("leaves", f"concurrent-{i}")
     writer.forget("leaves", "concurrent-cli")
+
+
+def test_a_burst_of_connections_gets_answers_or_json_refusals(http_server):
+    import asyncio
+
+    image = png_bytes("bars", 11)
+    boundary = "burst"
+    body = (
+        (
+            f"--{boundary}\r\nContent-Disposition: form-data; "
+            'name="images"; filename="a.png"\r\n\r\n'
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /v1/libraries/leaves/query HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"X-API-Key: {READ_ONLY_KEY}\r\nConnection: close\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+    async def one() -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", http_server.port)
+        writer.write(head + body)
+        await writer.drain()
+        reply = await reader.read()
+        writer.close()
+        status = int(reply.split(b" ", 2)[1])
+        return status, reply.split(b"\r\n\r\n", 1)[1]
+
+    async def burst():
+        return await asyncio.gather(*[one() for _ in range(300)])
+
+    replies = asyncio.run(burst())
+    statuses = {status for status, _ in replies}
+    assert statuses <= {200, 429, 503} and 200 in statuses, statuses
+    assert 503 in statuses  # more than the 16 requests at once the server takes
+    for status, payload in replies:
+        if status != 200:
+            assert json.loads(payload)["error"]["code"] in ("busy", "overloaded")
+    assert Client(http_server.url, READ_ONLY_KEY).query("leaves", [("a.png", image)])[0]["label"]

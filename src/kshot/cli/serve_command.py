@@ -29,9 +29,9 @@ def serve(
     max_wait_ms: Annotated[
         float, typer.Option(min=0, help="Longest wait for a batch to fill, after its first image.")
     ] = 2,
-    max_connections: Annotated[
-        int, typer.Option(min=1, help="Connections beyond this are answered 503.")
-    ] = 1000,
+    max_requests: Annotated[
+        int, typer.Option(min=1, help="Requests handled at once; more are answered 503.")
+    ] = 512,
     device: Device = "auto",
 ):
     """Serve libraries over HTTP: the JSON API (/docs), the web page (/), /metrics.
@@ -57,6 +57,7 @@ def serve(
             max_images=max_images,
             max_pixels=int(max_megapixels * 1_000_000),
             request_seconds=request_seconds,
+            max_in_flight=max_requests,
         ),
         batching=Batching(max_batch=max_batch, max_wait_s=max_wait_ms / 1000),
         device=device,
@@ -83,6 +84,7 @@ def serve(
         port=port,
         log_config=None,
         access_log=False,
-        limit_concurrency=max_connections,
+        # uvicorn counts open connections too, and answers in plain text: only a backstop here
+        limit_concurrency=max(4096, 2 * max_requests),
         timeout_keep_alive=5,
     )

@@ -55,10 +55,12 @@ def decode_image(
     min_side: int,
     channels: int,
     digest: bool = False,
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int | None = None,
 ) -> LoadedImage:
     """:func:`read_image` for bytes already in memory (an upload); ``source`` names them in
-    errors. Images of more than ``max_pixels`` are refused before they are decoded."""
+    errors. Images of more than ``max_pixels`` (default ``MAX_PIXELS``) are refused before
+    they are decoded."""
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if not data:
         raise InputError(source, "empty file (0 bytes)")
     sha = hashlib.sha256(data).hexdigest() if digest else None

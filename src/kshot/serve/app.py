@@ -59,7 +59,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     limits = settings.limits
     app.add_middleware(
-        RequestLimits, max_bytes=limits.max_request_bytes, seconds=limits.request_seconds
+        RequestLimits,
+        max_bytes=limits.max_request_bytes,
+        seconds=limits.request_seconds,
+        max_in_flight=limits.max_in_flight,
     )
     app.add_middleware(AccessLog, metrics=metrics)
 

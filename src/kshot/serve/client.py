@@ -30,7 +30,7 @@ class ServerError(KshotError):
         self.code = code
 
 
-def _multipart(images: Sequence[Image]) -> tuple[bytes, str]:
+def multipart_body(images: Sequence[Image]) -> tuple[bytes, str]:
     """A multipart/form-data body with each image in the field ``images`` (the standard library
     has no multipart encoder, so this one is written here)."""
     boundary = uuid.uuid4().hex
@@ -94,16 +94,16 @@ class Client:
         if threshold is not None:
             params["threshold"] = threshold
         path = f"{self._library(library)}/query?{urllib.parse.urlencode(params)}"
-        return self.request("POST", path, *_multipart(images))["results"]
+        return self.request("POST", path, *multipart_body(images))["results"]
 
     def embed(self, library: str, images: Sequence[Image]) -> list[dict]:
-        return self.request("POST", f"{self._library(library)}/embed", *_multipart(images))[
+        return self.request("POST", f"{self._library(library)}/embed", *multipart_body(images))[
             "embeddings"
         ]
 
     def enroll(self, library: str, label: str, images: Sequence[Image]) -> dict:
         path = f"{self._library(library)}/classes/{urllib.parse.quote(label, safe='')}/images"
-        return self.request("POST", path, *_multipart(images))
+        return self.request("POST", path, *multipart_body(images))
 
     def forget(self, library: str, label: str) -> dict:
         path = f"{self._library(library)}/classes/{urllib.parse.quote(label, safe='')}"

@@ -1,9 +1,12 @@
-"""Limits on each request's body size and time, as one ASGI middleware.
+"""Limits on the requests in progress and on each one's body size and time, as one ASGI
+middleware.
 
-A body over the limit is refused with 413 as soon as its ``Content-Length`` says so, or as soon
+Requests beyond ``max_in_flight`` at once are answered 503 with ``Retry-After`` at once. A body
+over the limit is refused with 413 as soon as its ``Content-Length`` says so, or as soon
 as more bytes than the limit have arrived; a request (a slow upload included) that has not been
 answered within the time limit is cut off with 408 while its body is still arriving, else 503.
-Written by hand: neither uvicorn nor Starlette limits a body's size or a request's duration.
+Written by hand: neither uvicorn nor Starlette limits a body's size or a request's duration, and
+uvicorn's own concurrency limit answers in plain text.
 """
 
 from __future__ import annotations
@@ -18,14 +21,27 @@ class BodyTooLarge(Exception):
 
 
 class RequestLimits:
-    def __init__(self, app, max_bytes: int, seconds: float):
+    def __init__(self, app, max_bytes: int, seconds: float, max_in_flight: int):
         self.app = app
         self.max_bytes = max_bytes
         self.seconds = seconds
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if self.in_flight >= self.max_in_flight:
+            message = f"the server is answering {self.in_flight} requests already; try again"
+            response = error_response(503, "busy", message, {"Retry-After": "1"})
+            return await response(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self._limited(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _limited(self, scope, receive, send):
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._too_large(scope, receive, send)

@@ -11,14 +11,16 @@ from kshot.serve.auth import Keys
 
 @dataclass(frozen=True)
 class Limits:
-    """Per request: its body's bytes, images and seconds; per image: pixels. Queued images
-    beyond ``max_queue`` are refused with 429 rather than left to wait."""
+    """Per request: its body's bytes, images and seconds; per image: pixels. Requests beyond
+    ``max_in_flight`` at once are refused with 503, queued images beyond ``max_queue`` with 429,
+    rather than left to wait."""
 
     max_request_bytes: int = 64 * 1024 * 1024
     max_images: int = 64
     max_pixels: int = MAX_PIXELS
     request_seconds: float = 60.0
     max_queue: int = 512
+    max_in_flight: int = 512
 
 
 @dataclass(frozen=True)
