@@ -266,3 +266,15 @@ def test_unready_libraries_answer_503(library, tmp_path, make_client, monkeypatc
         failed = client.get("/v1/libraries/broken")
         assert failed.status_code == 503 and failed.json()["error"]["code"] == "unavailable"
         assert client.get("/readyz").status_code == 503
+
+
+def test_a_library_deleted_while_served_fails_cleanly(client, library):
+    import shutil
+
+    shutil.rmtree(library)
+    image = files(("a.png", png_bytes("bars", 3)))
+    # what is already loaded still answers; a change cannot be stored, and says so
+    assert client.post(QUERY, files=image).status_code == 200
+    enroll = client.post("/v1/libraries/leaves/classes/new/images", files=image)
+    assert enroll.status_code == 503 and enroll.json()["error"]["code"] == "cannot_write"
+    assert client.get("/livez").status_code == 200
