@@ -17,7 +17,9 @@ The server is started as a user starts it (``python -m kshot serve LIB --port P`
 of efficientnet_lite0's ImageNet features (installed weights: no network) holding 5 photos of
 each of 8 classes. Clients are threads of this process, on the same machine: on a 2-core machine
 they take CPU from the server, so the throughput figures are a floor. Bare-forward baselines are
-measured in this process while the server is idle, interleaved with the server's rounds.
+measured in this process while the server is idle, in blocks alternating with the server's
+rounds, with a pause at each switch (so that neither process's idle OpenMP threads spin against
+the other's forward pass).
 
     python benchmarks/serve.py --json serve.json       # about 2 minutes
     python benchmarks/serve.py --quick                 # smoke test
@@ -54,6 +56,7 @@ BACKBONE = "efficientnet_lite0"
 CLASSES, SHOTS = 8, 5
 CLIENTS = (1, 4, 16)
 LATENCY_TARGET, THROUGHPUT_TARGET = 1.3, 0.8
+SETTLE_S = 0.5  # pause when switching between the server and the bare forward
 
 
 def say(message: str) -> None:
@@ -219,13 +222,20 @@ def main(argv: list[str] | None = None) -> int:
             connection = Connection(args.port)
             for i in range(5):  # warm-up
                 connection.post(path, "warm.jpg", photos[i])
-            latencies, bare = [], []
-            for i in range(args.latency_queries):  # interleaved: both see the same machine
-                started = time.perf_counter()
-                connection.post(path, f"{i}.jpg", photos[i % len(photos)])
-                latencies.append((time.perf_counter() - started) * 1000)
-                bare += bare_forward_ms(backbone, 1, 1)
-            bare_batch = bare_forward_ms(backbone, 16, 3)
+            latencies, bare, bare_batch = [], [], []
+            # In blocks, alternating, with a pause between: both see the same machine, and the
+            # idle OpenMP threads of one process do not spin against the other's forward pass.
+            block = 10
+            for start in range(0, args.latency_queries, block):
+                time.sleep(SETTLE_S)
+                for i in range(start, min(start + block, args.latency_queries)):
+                    began = time.perf_counter()
+                    connection.post(path, f"{i}.jpg", photos[i % len(photos)])
+                    latencies.append((time.perf_counter() - began) * 1000)
+                time.sleep(SETTLE_S)
+                bare += bare_forward_ms(backbone, 1, block)
+            time.sleep(SETTLE_S)
+            bare_batch += bare_forward_ms(backbone, 16, 3)
             rounds = []
             for writer in (False, True):
                 for clients in CLIENTS:
@@ -233,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                     rounds.append(
                         run_clients(args.port, "leaves", photos, clients, args.seconds, writer)
                     )
+                    time.sleep(SETTLE_S)
                     bare_batch += bare_forward_ms(backbone, 16, 2)
             mem = memory(server.pid)
         finally:

@@ -19,7 +19,7 @@ from kshot.fewshot.catalogue import Catalogue
 from kshot.index.vector_index import IndexSpec, VectorIndex
 from kshot.serve.client import Client, ServerError
 from tests.cli.conftest import make_image
-from tests.serve.conftest import READ_ONLY_KEY, READ_WRITE_KEY, png_bytes
+from tests.serve.conftest import READ_ONLY_KEY, READ_WRITE_KEY, Server, png_bytes
 
 
 @pytest.fixture
@@ -221,3 +221,21 @@ def test_a_burst_of_connections_gets_answers_or_json_refusals(http_server):
         if status != 200:
             assert json.loads(payload)["error"]["code"] in ("busy", "overloaded")
     assert Client(http_server.url, READ_ONLY_KEY).query("leaves", [("a.png", image)])[0]["label"]
+
+
+def test_two_servers_over_one_library_answer_identically(http_server):
+    library = Path(http_server.process.args[4])
+    keys = {"KSHOT_API_KEY": READ_WRITE_KEY}
+    second = Server(library, env=keys).wait_ready()
+    try:
+        first_client, second_client = (Client(s.url, READ_WRITE_KEY) for s in (http_server, second))
+        second_client.enroll("leaves", "replica", [("r.png", png_bytes("blob", 700))])
+        image = [("q.png", png_bytes("blob", 701))]
+        answers = [c.query("leaves", image, method="knn") for c in (first_client, second_client)]
+        volatile = ("request_id", "latency_ms")
+        same = [{k: v for k, v in a[0].items() if k not in volatile} for a in answers]
+        assert same[0] == same[1] and "replica" in {t["label"] for t in same[0]["top_k"]}
+        first_client.forget("leaves", "replica")
+        assert "replica" not in {c["label"] for c in second_client.classes("leaves")}
+    finally:
+        second.stop()
