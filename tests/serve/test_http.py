@@ -239,3 +239,19 @@ def test_two_servers_over_one_library_answer_identically(http_server):
         assert "replica" not in {c["label"] for c in second_client.classes("leaves")}
     finally:
         second.stop()
+
+
+def test_kshot_query_server_asks_a_running_server(http_server, tmp_path, monkeypatch):
+    photo = make_image(tmp_path / "field photo.png", "corner", 800)
+    monkeypatch.setenv("KSHOT_API_KEY", READ_ONLY_KEY)
+    args = ["query", "leaves", str(photo), "--server", http_server.url, "--top-k", "2"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    (answer,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert answer["image"] == str(photo) and answer["label"] == "corner"
+    assert len(answer["top_k"]) == 2 and answer["model"]
+    plain = CliRunner().invoke(app, args)
+    assert plain.stdout.startswith(f"{photo}\tcorner\t")
+    monkeypatch.delenv("KSHOT_API_KEY")
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1 and "401 unauthorized" in refused.output
