@@ -60,6 +60,7 @@ def test_query_parameters_pass_through(client):
     bad = client.post(QUERY, params={"method": "svm", "top_k": 0}, files=image)
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
     assert "method" in bad.json()["error"]["message"] and "top_k" in bad.json()["error"]["message"]
+    assert client.post(QUERY, params={"threshold": "nan"}, files=image).status_code == 422
 
 
 def test_base64_json_gives_the_multipart_answer(client):
@@ -180,8 +181,14 @@ def test_enroll_browse_thumbnail_and_forget(client, library):
     # the uploaded bytes are kept in the library, named by their content
     kept = sorted(p.name for p in (library / "uploads").iterdir())
     assert len(kept) == 2 and all(len(name) == 64 + 4 for name in kept)
+    # the same photo in a second class: forgetting the first keeps the file the second uses
+    shared = client.post("/v1/libraries/leaves/classes/Second/images", files=images[1:])
+    assert shared.json()["added"] == [{"image": "two.png", "label": "Second"}]
     forgot = client.delete("/v1/libraries/leaves/classes/Tomato leaf curl")
     assert forgot.json()["removed"] == 2
+    assert len(list((library / "uploads").iterdir())) == 1
+    client.delete("/v1/libraries/leaves/classes/Second")
+    assert not list((library / "uploads").iterdir())
     assert client.delete("/v1/libraries/leaves/classes/Tomato leaf curl").status_code == 404
     assert client.get("/v1/libraries/leaves/classes/Tomato leaf curl").status_code == 404
 

@@ -20,7 +20,7 @@ from kshot.serve.batcher import Overloaded
 from kshot.serve.errors import ApiError
 from kshot.serve.libraries import ServedLibrary
 from kshot.serve.thumbnails import THUMBNAIL_SIDE, thumbnail
-from kshot.serve.uploads import FIELD, prepare, read_uploads, refusal, store
+from kshot.serve.uploads import FIELD, prepare, prune, read_uploads, refusal, store
 
 _key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key, if set")
 
@@ -174,7 +174,8 @@ async def query(
     name: str,
     top_k: Annotated[int, Query(ge=1, le=100, description="Classes listed per image")] = 5,
     threshold: Annotated[
-        float | None, Query(description='"unknown" when the best score is under this')
+        float | None,
+        Query(allow_inf_nan=False, description='"unknown" when the best score is under this'),
     ] = None,
     method: Annotated[Method, Query()] = Method.prototype,
     neighbours: Annotated[int, Query(ge=1, le=1000, description="k of method=knn")] = 10,
@@ -240,9 +241,15 @@ async def enroll(request: Request, name: str, label: str):
     label = _label(label)
     uploads, prepared = await _prepared(request, served)
     good = [uploads[i] for i in prepared.indices]
+
+    def add(library):
+        # Kept and enrolled in one call on the library's thread: a class forgotten meanwhile
+        # cannot prune an upload between the two.
+        paths = [store(served.root, upload) for upload in good]
+        return paths, library.enroll([(path, label) for path in paths])
+
     try:
-        paths = await run_in_threadpool(lambda: [store(served.root, u) for u in good])
-        report = await served.call(lambda library: library.enroll([(p, label) for p in paths]))
+        paths, report = await served.call(add)
     except (OSError, KshotError) as exc:
         raise ApiError(503, "cannot_write", f"cannot enroll into {name!r}: {exc}") from None
     # The answer names each image as the client did, not by where it is kept.
@@ -275,7 +282,11 @@ async def forget(request: Request, name: str, label: str):
     served = _served(request, name).writable()
 
     def remove(library):
-        return library.forget(label) if label in dict(library.classes()) else None
+        if label not in dict(library.classes()):
+            return None
+        removed = library.forget(label)
+        prune(served.root, library.entries().sources)  # its photos kept from uploads go too
+        return removed
 
     removed = await served.call(remove)
     if removed is None:

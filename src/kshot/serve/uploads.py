@@ -140,6 +140,19 @@ def refusal(error: InputError) -> ApiError:
     return ApiError(415, "not_an_image", str(error))
 
 
+def prune(root: Path, sources: list[str]) -> int:
+    """Delete the kept uploads that no enrolled image comes from any more (after a class is
+    forgotten); returns how many. Files being written (``.name.tmp``) are left alone."""
+    folder = Path(root) / UPLOADS
+    if not folder.is_dir():
+        return 0
+    kept = {Path(source).name for source in sources if Path(source).parent.name == UPLOADS}
+    stale = [p for p in folder.iterdir() if p.name not in kept and not p.name.startswith(".")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def store(root: Path, upload: Upload) -> Path:
     """Keep an upload to enroll in the library, named by its content; returns its path."""
     with Image.open(io.BytesIO(upload.data)) as image:
