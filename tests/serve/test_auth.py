@@ -42,17 +42,6 @@ def test_an_open_server_listens_on_loopback_only():
         check_bind(host, Keys(read_only=("k",)))
 
 
-def test_serve_refuses_a_public_bind_without_a_key(library, monkeypatch):
-    from typer.testing import CliRunner
-
-    from kshot.cli.app import app
-
-    monkeypatch.delenv("KSHOT_API_KEY", raising=False)
-    monkeypatch.delenv("KSHOT_READ_API_KEY", raising=False)
-    result = CliRunner().invoke(app, ["serve", str(library), "--host", "0.0.0.0"])
-    assert result.exit_code == 1 and "refusing to listen on 0.0.0.0" in result.output
-
-
 def test_what_each_key_may_do(library, make_client):
     keys = Keys(read_write=("rw-secret",), read_only=("ro-secret",))
     client = make_client(Settings(libraries=(library,), keys=keys, device="cpu"))

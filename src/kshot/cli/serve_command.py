@@ -41,14 +41,19 @@ def serve(
     """
     import logging
 
-    import uvicorn
-
-    from kshot.serve.app import create_app
+    from kshot.fewshot.library import MANIFEST, Manifest
     from kshot.serve.auth import Keys, check_bind
-    from kshot.serve.settings import Batching, Limits, Settings
 
     keys = Keys.load(api_keys)
     check_bind(host, keys)
+    for root in libraries:
+        Manifest.read(Path(root) / MANIFEST)  # not a library: say so now, not in the background
+
+    import uvicorn
+
+    from kshot.serve.app import create_app
+    from kshot.serve.settings import Batching, Limits, Settings
+
     settings = Settings(
         libraries=tuple(libraries),
         keys=keys,
@@ -62,10 +67,6 @@ def serve(
         batching=Batching(max_batch=max_batch, max_wait_s=max_wait_ms / 1000),
         device=device,
     )
-    for root in libraries:
-        from kshot.fewshot.library import MANIFEST, Manifest
-
-        Manifest.read(Path(root) / MANIFEST)  # a bad path fails now, not in the background
     app = create_app(settings)
     access = logging.getLogger("kshot.access")
     if not access.handlers:
