@@ -21,7 +21,7 @@ measured in this process while the server is idle, in blocks alternating with th
 rounds, with a pause at each switch (so that neither process's idle OpenMP threads spin against
 the other's forward pass).
 
-    python benchmarks/serve.py --json serve.json       # about 2 minutes
+    python benchmarks/serve.py --json serve.json       # about 2-5 minutes
     python benchmarks/serve.py --quick                 # smoke test
 """
 
@@ -71,17 +71,26 @@ class Connection:
 
     def post(self, path: str, name: str, data: bytes) -> dict:
         body, kind = multipart_body([(name, data)])
-        self.connection.request("POST", path, body, {"Content-Type": kind})
-        response = self.connection.getresponse()
+        try:
+            self.connection.request("POST", path, body, {"Content-Type": kind})
+            response = self.connection.getresponse()
+        except (ConnectionError, http.client.RemoteDisconnected):
+            # the server closes a connection idle for 5 s (uvicorn's keep-alive): open anew
+            self.connection.close()
+            self.connection.request("POST", path, body, {"Content-Type": kind})
+            response = self.connection.getresponse()
         answer = json.loads(response.read())
         if response.status != 200:
             raise RuntimeError(f"{response.status}: {answer}")
         return answer
 
 
-def start_server(library: Path, port: int) -> subprocess.Popen:
+def start_server(library: Path, port: int, threads: int | None) -> subprocess.Popen:
     command = [sys.executable, "-m", "kshot", "serve", str(library), "--port", str(port)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    server = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -197,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="per throughput round")
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke test")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads, in the server (OMP_NUM_THREADS) and for the bare forward alike "
+        "(default: torch's own); 1 keeps a shared machine's timings steady",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.quick:
@@ -204,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     if not DATA.is_dir():
         raise SystemExit(f"{DATA}: PlantVillage photos not found")
     tune_allocator()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     folders = [(folder, images) for folder, images in class_folders(DATA) if len(images) > 20]
     enroll = [(p, f.name) for f, images in folders[:CLASSES] for p in images[:SHOTS]]
     queries = [p for _, images in folders for p in images[SHOTS : SHOTS + 6]]
@@ -216,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         library = Library.create(root, embedder, {}, IndexSpec(kind="flat"), device="cpu")
         library.enroll(enroll)
         backbone = library.embedder.backbone.to(memory_format=torch.contiguous_format).eval()
-        server = start_server(root, args.port)
+        server = start_server(root, args.port, args.threads)
         path = "/v1/libraries/leaves/query"
         try:
             connection = Connection(args.port)
