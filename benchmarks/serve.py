@@ -19,7 +19,9 @@ each of 8 classes. Clients are threads of this process, on the same machine: on 
 they take CPU from the server, so the throughput figures are a floor. Bare-forward baselines are
 measured in this process while the server is idle, in blocks alternating with the server's
 rounds, with a pause at each switch (so that neither process's idle OpenMP threads spin against
-the other's forward pass).
+the other's forward pass). ``--threads N`` runs torch with N threads in the server and in the
+baseline alike: on a machine shared with other work, two OpenMP threads that wait on each other
+make single passes 10-50x slower at random; one thread does not.
 
     python benchmarks/serve.py --json serve.json       # about 2-5 minutes
     python benchmarks/serve.py --quick                 # smoke test
