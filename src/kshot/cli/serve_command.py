@@ -27,8 +27,13 @@ def serve(
     request_seconds: Annotated[float, typer.Option(min=0.1, help="Time limit per request.")] = 60,
     max_batch: Annotated[int, typer.Option(min=1, help="Most images in one forward pass.")] = 32,
     max_wait_ms: Annotated[
-        float, typer.Option(min=0, help="Longest wait for a batch to fill, after its first image.")
-    ] = 2,
+        float,
+        typer.Option(
+            min=0,
+            help="Longest wait for a batch to fill after its first image (0: take what is "
+            "queued; batches still grow while a pass runs).",
+        ),
+    ] = 0,
     max_requests: Annotated[
         int, typer.Option(min=1, help="Requests handled at once; more are answered 503.")
     ] = 512,

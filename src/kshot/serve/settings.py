@@ -26,10 +26,12 @@ class Limits:
 @dataclass(frozen=True)
 class Batching:
     """A forward pass takes up to ``max_batch`` queued images, waiting at most ``max_wait_s``
-    after the first for more to arrive."""
+    after the first for more to arrive. By default it waits for none: requests that arrive while
+    a pass runs queue up and make the next batch, so batches grow with the load anyway, and a
+    lone request pays no wait."""
 
     max_batch: int = 32
-    max_wait_s: float = 0.002
+    max_wait_s: float = 0.0
 
 
 @dataclass(frozen=True)
