@@ -13,6 +13,10 @@
    the API every second, while the queries run.
 4. the server process's memory (VmRSS, and its peak VmHWM) at the end.
 
+Beside each wall-clock figure, the CPU time per image (all threads of the server process, from
+/proc; the baseline's own): on a machine shared with other work, wall-clock time says how much
+of the CPU the process got, CPU time what it spent.
+
 The server is started as a user starts it (``python -m kshot serve LIB --port P``), on a library
 of efficientnet_lite0's ImageNet features (installed weights: no network) holding 5 photos of
 each of 8 classes. Clients are threads of this process, on the same machine: on a 2-core machine
@@ -125,16 +129,25 @@ def memory(pid: int) -> dict[str, float]:
     return fields
 
 
-def bare_forward_ms(backbone: torch.nn.Module, batch: int, repeats: int) -> list[float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bare_forward(backbone: torch.nn.Module, batch: int, repeats: int) -> tuple[list[float], float]:
+    """Wall-clock ms of each of ``repeats`` passes, and the CPU ms they used per image."""
     x = torch.randn(batch, 3, 224, 224)
     times = []
     with torch.inference_mode():
         backbone(x)
+        cpu = time.process_time()
         for _ in range(repeats):
             started = time.perf_counter()
             backbone(x)
             times.append((time.perf_counter() - started) * 1000)
-    return times
+        cpu = time.process_time() - cpu
+    return times, cpu * 1000 / (batch * repeats)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -142,7 +155,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_clients(
-    port: int, library: str, photos: list[bytes], clients: int, seconds: float, writer: bool
+    server: int,
+    port: int,
+    library: str,
+    photos: list[bytes],
+    clients: int,
+    seconds: float,
+    writer: bool,
 ) -> dict:
     """``clients`` threads querying back to back for ``seconds``; with ``writer``, one more
     enrolling 4 photos every second. Returns answered images/s and the server's batch sizes."""
@@ -176,7 +195,7 @@ def run_clients(
                 enrolled[0] += 1
             round_ += 1
 
-    before = batch_stats(port)
+    before, cpu = batch_stats(port), cpu_seconds(server)
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     if writer:
         threads.append(threading.Thread(target=enroller))
@@ -188,7 +207,7 @@ def run_clients(
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
-    after = batch_stats(port)
+    after, cpu = batch_stats(port), cpu_seconds(server) - cpu
     batches = after[1] - before[1]
     return {
         "clients": clients,
@@ -199,6 +218,7 @@ def run_clients(
         "first_failure": failures[0] if failures else None,
         "enrolled": enrolled[0],
         "mean_batch": (after[0] - before[0]) / batches if batches else 0.0,
+        "server_cpu_ms_per_image": cpu * 1000 / max(1, sum(answered)),
     }
 
 
@@ -220,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         args.latency_queries, args.seconds = 10, 1.5
     if not DATA.is_dir():
         raise SystemExit(f"{DATA}: PlantVillage photos not found")
+    load_before = f"{os.getloadavg()[0]:.1f}"
     tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -241,29 +262,36 @@ def main(argv: list[str] | None = None) -> int:
             connection = Connection(args.port)
             for i in range(5):  # warm-up
                 connection.post(path, "warm.jpg", photos[i])
-            latencies, bare, bare_batch = [], [], []
+            latencies, bare, bare_batch, bare_cpu, batch_cpu = [], [], [], [], []
+            server_cpu = 0.0
             # In blocks, alternating, with a pause between: both see the same machine, and the
             # idle OpenMP threads of one process do not spin against the other's forward pass.
             block = 10
             for start in range(0, args.latency_queries, block):
                 time.sleep(SETTLE_S)
+                cpu = cpu_seconds(server.pid)
                 for i in range(start, min(start + block, args.latency_queries)):
                     began = time.perf_counter()
                     connection.post(path, f"{i}.jpg", photos[i % len(photos)])
                     latencies.append((time.perf_counter() - began) * 1000)
+                server_cpu += cpu_seconds(server.pid) - cpu
                 time.sleep(SETTLE_S)
-                bare += bare_forward_ms(backbone, 1, block)
-            time.sleep(SETTLE_S)
-            bare_batch += bare_forward_ms(backbone, 16, 3)
+                times, cpu_ms = bare_forward(backbone, 1, block)
+                bare += times
+                bare_cpu.append(cpu_ms)
             rounds = []
             for writer in (False, True):
                 for clients in CLIENTS:
                     say(f"{clients} client(s){' and a writer' if writer else ''}...")
                     rounds.append(
-                        run_clients(args.port, "leaves", photos, clients, args.seconds, writer)
+                        run_clients(
+                            server.pid, args.port, "leaves", photos, clients, args.seconds, writer
+                        )
                     )
                     time.sleep(SETTLE_S)
-                    bare_batch += bare_forward_ms(backbone, 16, 2)
+                    times, cpu_ms = bare_forward(backbone, 16, 2)
+                    bare_batch += times
+                    batch_cpu.append(cpu_ms)
             mem = memory(server.pid)
         finally:
             server.terminate()
@@ -279,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "load_average": os.getloadavg(),
         },
+        "cpu_ms_per_image": {
+            "server_1_client": server_cpu * 1000 / len(latencies),
+            "bare_batch1": statistics.median(bare_cpu),
+            "bare_batch16": statistics.median(batch_cpu),
+        },
         "latency_ms": {
             "server_p50": statistics.median(latencies),
             "server_p99": percentile(latencies, 99),
@@ -290,37 +323,40 @@ def main(argv: list[str] | None = None) -> int:
         "throughput": rounds,
         "server_memory_mib": mem,
     }
-    lat = results["latency_ms"]
+    lat, cpu = results["latency_ms"], results["cpu_ms_per_image"]
     ratio = lat["server_p50"] / bare_p50
-    print(
-        f"| 1 client, {lat['queries']} queries | server p50 / p99 ms "
-        "| bare forward p50 / p99 ms | ratio (p50) | target |"
-    )
-    print("|---|---:|---:|---:|---:|")
     verdict = "ok" if ratio <= LATENCY_TARGET else "MISS"
     print(
+        f"| 1 client, {lat['queries']} queries | server p50 / p99 ms "
+        "| bare forward p50 / p99 ms | ratio (p50) | target | CPU ms/image server / bare |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    print(
         f"| 500x500, {BACKBONE} | {lat['server_p50']:.1f} / {lat['server_p99']:.1f} | "
-        f"{bare_p50:.1f} / {lat['bare_p99']:.1f} | {ratio:.2f}x {verdict} | <= {LATENCY_TARGET}x |"
+        f"{bare_p50:.1f} / {lat['bare_p99']:.1f} | {ratio:.2f}x {verdict} | "
+        f"<= {LATENCY_TARGET}x | {cpu['server_1_client']:.1f} / {cpu['bare_batch1']:.1f} |"
     )
     print()
     print(
         "| clients | writer | images/s | vs bare batch-16 | target | mean batch "
-        "| failures | enrolled |"
+        "| CPU ms/image server / bare-16 | failures | enrolled |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rounds:
         share = r["images_per_s"] / bare_batch_ips
         target = f">= {THROUGHPUT_TARGET}x" if r["clients"] == 16 else ""
         mark = (" ok" if share >= THROUGHPUT_TARGET else " MISS") if target else ""
         print(
             f"| {r['clients']} | {'yes' if r['writer'] else 'no'} | {r['images_per_s']:.1f} | "
-            f"{share:.2f}x{mark} | {target} | {r['mean_batch']:.1f} | {r['failures']} | "
-            f"{r['enrolled']} |"
+            f"{share:.2f}x{mark} | {target} | {r['mean_batch']:.1f} | "
+            f"{r['server_cpu_ms_per_image']:.1f} / {cpu['bare_batch16']:.1f} | "
+            f"{r['failures']} | {r['enrolled']} |"
         )
     print()
     print(
         f"bare batched forward (batch 16): {bare_batch_ips:.1f} images/s; server memory: "
-        f"{mem.get('VmRSS', 0):.0f} MiB resident, peak {mem.get('VmHWM', 0):.0f} MiB"
+        f"{mem.get('VmRSS', 0):.0f} MiB resident, peak {mem.get('VmHWM', 0):.0f} MiB; "
+        f"load average before / after: {load_before} / {os.getloadavg()[0]:.1f}"
     )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
