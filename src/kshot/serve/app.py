@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 
@@ -45,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
         await asyncio.gather(*loading, return_exceptions=True)
         for library in served:
             await library.close()
+        app.state.decoding.shutdown(wait=False)
 
     app = FastAPI(
         title="kshot",
@@ -55,6 +58,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.libraries = libraries
     app.state.metrics = metrics
+    # Decoding uploads: as many threads as cores (not anyio's 40): more could not decode any
+    # faster, and would take turns at the GIL with the forward pass's own Python code.
+    app.state.decoding = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="kshot-decode")
     install_error_handlers(app)
     app.include_router(router)
     limits = settings.limits

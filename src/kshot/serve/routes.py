@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from enum import Enum
 from typing import Annotated
@@ -103,7 +104,10 @@ async def _prepared(request: Request, served: ServedLibrary):
     a whole only when not one image is usable."""
     limits = request.app.state.settings.limits
     uploads = await read_uploads(request, limits)
-    prepared = await run_in_threadpool(prepare, uploads, served.preprocess, limits.max_pixels)
+    decoding = request.app.state.decoding
+    prepared = await asyncio.get_running_loop().run_in_executor(
+        decoding, prepare, uploads, served.preprocess, limits.max_pixels
+    )
     if not prepared.indices:
         raise refusal(prepared.errors[0][1])
     return uploads, prepared
