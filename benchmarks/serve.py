@@ -91,8 +91,11 @@ class Connection:
         return answer
 
 
-def start_server(library: Path, port: int, threads: int | None) -> subprocess.Popen:
+def start_server(
+    library: Path, port: int, threads: int | None, options: list[str]
+) -> subprocess.Popen:
     command = [sys.executable, "-m", "kshot", "serve", str(library), "--port", str(port)]
+    command += options
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     server = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -234,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         help="torch threads, in the server (OMP_NUM_THREADS) and for the bare forward alike "
         "(default: torch's own); 1 keeps a shared machine's timings steady",
     )
+    parser.add_argument("--max-batch", type=int, help="the server's --max-batch")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.quick:
@@ -256,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         library = Library.create(root, embedder, {}, IndexSpec(kind="flat"), device="cpu")
         library.enroll(enroll)
         backbone = library.embedder.backbone.to(memory_format=torch.contiguous_format).eval()
-        server = start_server(root, args.port, args.threads)
+        options = ["--max-batch", str(args.max_batch)] if args.max_batch else []
+        server = start_server(root, args.port, args.threads, options)
         path = "/v1/libraries/leaves/query"
         try:
             connection = Connection(args.port)
@@ -320,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             "queries": len(latencies),
         },
         "bare_batch16_images_per_s": bare_batch_ips,
+        "server_max_batch": args.max_batch or "default",
         "throughput": rounds,
         "server_memory_mib": mem,
     }

@@ -25,7 +25,12 @@ def serve(
     max_images: Annotated[int, typer.Option(min=1, help="Most images in one request.")] = 64,
     max_megapixels: Annotated[float, typer.Option(min=0.001, help="Largest image.")] = 150,
     request_seconds: Annotated[float, typer.Option(min=0.1, help="Time limit per request.")] = 60,
-    max_batch: Annotated[int, typer.Option(min=1, help="Most images in one forward pass.")] = 32,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Most images in one forward pass [default: 32 on a GPU, 4 on a CPU]"
+        ),
+    ] = None,
     max_wait_ms: Annotated[
         float,
         typer.Option(

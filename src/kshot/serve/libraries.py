@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kshot.embedder.runtime import resolve_device
 from kshot.serve.batcher import MicroBatcher
 from kshot.serve.errors import ApiError
 from kshot.serve.metrics import Metrics
@@ -37,12 +38,13 @@ class ServedLibrary:
         self.read_only = not os.access(self.root, os.W_OK)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"kshot-{self.name}")
         batching = settings.batching
+        device = resolve_device(settings.device)
         self.batcher = MicroBatcher(
             self.name,
             self._forward,
             self.executor,
             metrics,
-            batching.max_batch,
+            batching.batch_size(device.type),
             batching.max_wait_s,
             settings.limits.max_queue,
         )

@@ -28,10 +28,20 @@ class Batching:
     """A forward pass takes up to ``max_batch`` queued images, waiting at most ``max_wait_s``
     after the first for more to arrive. By default it waits for none: requests that arrive while
     a pass runs queue up and make the next batch, so batches grow with the load anyway, and a
-    lone request pays no wait."""
+    lone request pays no wait.
 
-    max_batch: int = 32
+    ``max_batch`` defaults to 32 on a GPU, where a batch costs little more than one image, and
+    to 4 on a CPU, where it does not: there each image costs about the same CPU time alone or in
+    a batch, and 16 clients of a 2-core server were answered fastest with the smallest batches
+    (BENCHMARKS.md)."""
+
+    max_batch: int | None = None
     max_wait_s: float = 0.0
+
+    def batch_size(self, device_type: str) -> int:
+        if self.max_batch is not None:
+            return self.max_batch
+        return 32 if device_type == "cuda" else 4
 
 
 @dataclass(frozen=True)
