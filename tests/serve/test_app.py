@@ -136,6 +136,11 @@ def test_limits_on_size_and_count(library, make_client):
     image = png_bytes("bars", 1)
     big = client.post(QUERY, files=files(("big.bin", b"x" * 30_000)))
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+    def chunks():  # no Content-Length: counted as it arrives
+        yield from [b"x" * 8_000] * 4
+
+    chunked = client.post(QUERY, content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
     many = client.post(QUERY, files=files(*[(f"{i}.png", image) for i in range(4)]))
     assert many.status_code == 413 and many.json()["error"]["code"] == "too_many_images"
     many_json = client.post(QUERY, json={"images": ["AA=="] * 4})
@@ -238,6 +243,7 @@ def test_health_metrics_docs_and_page(client):
     assert client.get("/docs").status_code == 200
     page = client.get("/")
     assert page.headers["content-type"].startswith("text/html") and "kshot" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from elsewhere
 
 
 def test_unready_libraries_answer_503(library, tmp_path, make_client, monkeypatch):
