@@ -136,6 +136,7 @@ def test_limits_on_size_and_count(library, make_client):
     image = png_bytes("bars", 1)
     big = client.post(QUERY, files=files(("big.bin", b"x" * 30_000)))
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+
     def chunks():  # no Content-Length: counted as it arrives
         yield from [b"x" * 8_000] * 4
 
@@ -291,3 +292,12 @@ def test_a_library_deleted_while_served_fails_cleanly(client, library):
     enroll = client.post("/v1/libraries/leaves/classes/new/images", files=image)
     assert enroll.status_code == 503 and enroll.json()["error"]["code"] == "cannot_write"
     assert client.get("/livez").status_code == 200
+
+
+def test_a_library_without_classes_says_so(client):
+    for label in CLASSES:
+        assert client.delete(f"/v1/libraries/leaves/classes/{label}").status_code == 200
+    response = client.post(QUERY, files=files(("a.png", png_bytes("bars", 3))))
+    assert (
+        response.status_code == 409 and "no enrolled images" in response.json()["error"]["message"]
+    )

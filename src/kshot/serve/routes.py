@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from enum import Enum
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Security
@@ -12,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader
 
+from kshot.cli.options import Method
 from kshot.cli.render import enroll_report_json, query_result_json
 from kshot.errors import InputError, KshotError
 from kshot.fewshot.labels import check_label
@@ -81,11 +81,6 @@ _IMAGES_BODY = {
         },
     }
 }
-
-
-class Method(str, Enum):
-    prototype = "prototype"
-    knn = "knn"
 
 
 def _served(request: Request, name: str) -> ServedLibrary:
