@@ -291,6 +291,8 @@ def test_a_library_deleted_while_served_fails_cleanly(client, library):
     assert client.post(QUERY, files=image).status_code == 200
     enroll = client.post("/v1/libraries/leaves/classes/new/images", files=image)
     assert enroll.status_code == 503 and enroll.json()["error"]["code"] == "cannot_write"
+    forget = client.delete("/v1/libraries/leaves/classes/bars")
+    assert forget.status_code == 503 and forget.json()["error"]["code"] == "cannot_write"
     assert client.get("/livez").status_code == 200
 
 

@@ -287,7 +287,10 @@ async def forget(request: Request, name: str, label: str):
         prune(served.root, library.entries().sources)  # its photos kept from uploads go too
         return removed
 
-    removed = await served.call(remove)
+    try:
+        removed = await served.call(remove)
+    except (OSError, KshotError) as exc:
+        raise ApiError(503, "cannot_write", f"cannot forget in {name!r}: {exc}") from None
     if removed is None:
         raise ApiError(404, "class_not_found", f"library {name!r} has no class {label!r}")
     await served.update_sizes()
