@@ -84,7 +84,7 @@ def serve(
         access.addHandler(handler)
         access.setLevel(logging.INFO)
         access.propagate = False
-    names = ", ".join(Path(root).name for root in libraries)
+    names = ", ".join(Path(root).resolve().name for root in libraries)
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     say(f"kshot: serving {names} at {where} (page: {where}/, API: {where}/docs)")
     if not keys.enabled:

@@ -29,7 +29,7 @@ LOADING, READY, FAILED = "loading", "ready", "failed"
 class ServedLibrary:
     def __init__(self, root: Path, settings: Settings, metrics: Metrics):
         self.root = Path(root)
-        self.name = self.root.name
+        self.name = self.root.resolve().name  # "kshot serve ." serves it by its real name
         self.settings = settings
         self.metrics = metrics
         self.state = LOADING
