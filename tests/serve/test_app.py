@@ -303,3 +303,23 @@ def test_a_library_without_classes_says_so(client):
     assert (
         response.status_code == 409 and "no enrolled images" in response.json()["error"]["message"]
     )
+
+
+def test_a_request_over_the_time_limit_is_answered_503(library, make_client, monkeypatch):
+    import time
+
+    from kshot.serve import libraries
+
+    forward = libraries.ServedLibrary._forward
+
+    def slow(self, pixels):
+        time.sleep(1.0)
+        return forward(self, pixels)
+
+    monkeypatch.setattr(libraries.ServedLibrary, "_forward", slow)
+    limits = Limits(request_seconds=0.3)
+    client = make_client(Settings(libraries=(library,), limits=limits, device="cpu"))
+    response = client.post(QUERY, files=files(("a.png", png_bytes("bars", 3))))
+    assert response.status_code == 503 and response.json()["error"]["code"] == "timeout"
+    assert "0.3 s" in response.json()["error"]["message"]
+    assert client.get("/livez").status_code == 200
