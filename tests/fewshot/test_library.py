@@ -336,6 +336,19 @@ def test_query_unknown_method(library, photos):
         library.query([photos["potato"][0]], method="svm")
 
 
+@pytest.mark.parametrize("method", ["prototype", "knn"])
+def test_decisions_on_embedded_queries_are_the_query_answers(library, photos, method):
+    from kshot.embedder.inference import embed_files
+
+    paths = all_paths(photos)
+    vectors = embed_files(library.embedder, paths).vectors
+    decisions = library.decisions(vectors, method, top_k=2, threshold=0.99, neighbours=3)
+    queried = library.query(paths, method=method, top_k=2, threshold=0.99, neighbours=3)
+    assert decisions == [result.decision for result in queried]
+    with pytest.raises(KshotError, match="unknown method"):
+        library.decisions(vectors, "svm")
+
+
 def test_knn_with_fewer_images_than_neighbours(root, conv4_embedder, photos):
     lib = Library.create(root, conv4_embedder, {}, SPEC, device="cpu")
     lib.enroll([(photos["potato"][0], "potato")])
