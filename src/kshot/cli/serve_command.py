@@ -46,8 +46,9 @@ def serve(
 ):
     """Serve libraries over HTTP: the JSON API (/docs), the web page (/), /metrics.
 
-    API keys: KSHOT_API_KEY (read-write) and KSHOT_READ_API_KEY (read-only) in the environment,
-    or --api-keys FILE. Without any key the server only listens on a loopback address.
+    Keys: KSHOT_API_KEY (read-write), KSHOT_READ_API_KEY (read-only), or --api-keys FILE.
+
+    Without any key the server listens on a loopback address only.
     """
     import logging
 
