@@ -119,3 +119,16 @@ def test_outliers_finds_a_mislabelled_image(kshot, library, images):
     rows = kshot.json("outliers", library, "--neighbours", "3")
     suspects = [r for r in rows if r["kind"] == "disagreement"]
     assert [r["image"] for r in suspects if r["suggested"] == "bars"] == [str(wrong.resolve())]
+
+
+def test_evaluate_compares_models_of_the_same_file_name(kshot, data, model, tmp_path):
+    import shutil
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(model, tmp_path / folder / "model.kshot")
+    out = tmp_path / "report"
+    first, second = tmp_path / "a" / "model.kshot", tmp_path / "b" / "model.kshot"
+    kshot("evaluate", data, "--model", first, "--model", second, "--shots", "2", "--out", out)
+    rows = json.loads((out / "comparison.json").read_text())
+    assert len(rows) == 2 and all(name.endswith(("a-model", "b-model")) for name in rows)

@@ -50,6 +50,7 @@ def test_train_writes_a_model_that_init_and_query_use(kshot, images, tmp_path):
     assert "epoch 2/2" in result.output
     embedder, info = load_checkpoint(model)
     assert embedder.embedding_dim == 16 and info["classes"] == ["bars", "blob", "corner"]
+    assert info["data"] == "images"  # the folder's name, not where its maker keeps it
     kshot("init", tmp_path / "lib", "--model", model)
     kshot("enroll", tmp_path / "lib", tmp_path / "images")
     (row,) = kshot.json("query", tmp_path / "lib", images["corner"][0], "--method", "knn")
@@ -475,3 +476,18 @@ def test_dataset_normalization_is_measured_on_the_training_images(kshot, tmp_pat
     mean, std = dataset_mean_std(decoded.pixels)
     assert embedder.config.preprocess.mean == mean and embedder.config.preprocess.std == std
     assert mean != get_backbone("conv4").default_preprocess().mean
+
+
+def test_training_reads_two_level_class_folders_as_a_library_enrolls_them(tmp_path):
+    from kshot.cli.training_data import class_image_lists
+    from kshot.fewshot.library import folder_items
+
+    root = tmp_path / "crops"
+    for crop, disease, kind in [("Tomato", "blight", "bars"), ("Tomato", "ok", "blob")]:
+        for i in range(2):
+            make_image(root / crop / disease / f"{i}.png", kind, i)
+    make_image(root / "Apple" / "0.png", "corner", 0)
+    found = class_image_lists(root)
+    assert [name for name, _ in found] == ["Apple", "Tomato/blight", "Tomato/ok"]
+    items, _ = folder_items(root)
+    assert sorted({label for _, label in items}) == [name for name, _ in found]

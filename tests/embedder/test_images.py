@@ -206,7 +206,7 @@ def assert_input_error(path: Path, *words: str, min_side: int = 64) -> InputErro
 
 
 def test_missing_file(tmp_path):
-    assert_input_error(tmp_path / "nope.jpg", "no such file")
+    assert_input_error(tmp_path / "nope.jpg", "does not exist")
 
 
 def test_directory(tmp_path):
@@ -311,6 +311,72 @@ def test_list_images_every_suffix_any_case(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "m.png").mkdir()  # a directory with an image suffix is not an image
     assert [p.name for p in list_images(tmp_path)] == sorted(names)
+
+
+# --- files that cannot be read, folders given for images, class folders -------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (PermissionError(13, "Permission denied"), ("cannot be read", "permission denied")),
+        (OSError(5, "Input/output error"), ("cannot be read", "input/output error")),
+    ],
+)
+def test_a_file_that_cannot_be_read_is_one_input_error(tmp_path, monkeypatch, error, words):
+    path = tmp_path / "locked.png"
+    Image.new("RGB", (8, 8)).save(path)
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self == path:
+            raise error
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    assert_input_error(path, *words)
+
+
+def test_images_in_expands_folders_and_keeps_files_as_given(tmp_path, image_folder):
+    found, errors = images.images_in([str(image_folder), "./missing.png"])
+    assert found[:-1] == [str(p) for p in list_images(image_folder)]
+    assert found[-1] == "./missing.png"  # kept: reading it says it does not exist
+    assert errors == []
+    (tmp_path / "empty").mkdir()
+    _, errors = images.images_in([str(tmp_path / "empty")])
+    assert [e.source for e in errors] == [str(tmp_path / "empty")]
+    assert "no image files" in errors[0].reason
+
+
+def test_class_tree_one_and_two_levels(tmp_path):
+    def png(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(path)
+
+    png(tmp_path / "Apple" / "a.png")
+    png(tmp_path / "Apple" / "notes" / "x.png")  # a folder beside a class's images
+    png(tmp_path / "Tomato" / "Late blight" / "b.png")
+    png(tmp_path / "Tomato" / "healthy" / "c.png")
+    png(tmp_path / "Tomato" / "healthy" / "deeper" / "d.png")  # a third level
+    (tmp_path / "Empty").mkdir()
+    classes, errors = images.class_tree(tmp_path)
+    assert [(c.name, [p.name for p in c.images]) for c in classes] == [
+        ("Apple", ["a.png"]),
+        ("Empty", []),
+        ("Tomato/Late blight", ["b.png"]),
+        ("Tomato/healthy", ["c.png"]),
+    ]
+    reasons = {Path(e.source).name: e.reason for e in errors}
+    assert reasons.keys() == {"notes", "deeper"}
+    assert "among the images of class 'Apple'" in reasons["notes"]
+    assert "third folder level" in reasons["deeper"]
+
+
+def test_file_sha256(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"abc" * 1000)
+    assert images.file_sha256(path) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert images.file_sha256(tmp_path / "absent") is None
 
 
 def test_decode_image_reads_bytes_in_memory_with_its_own_pixel_limit(make_image, tmp_path):

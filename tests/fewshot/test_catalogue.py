@@ -1,3 +1,5 @@
+import sqlite3
+
 import numpy as np
 import pytest
 
@@ -156,3 +158,85 @@ def test_garbage_file_is_damaged(tmp_path, content):
         Catalogue(path, DIM)
     assert str(path) in str(caught.value)
     assert "damaged" in str(caught.value)
+
+
+# --- stamp, journal, single images, concurrency ---------------------------------------------------
+
+
+def test_stamp_changes_with_every_commit_and_is_the_same_in_every_connection(tmp_path):
+    path = tmp_path / "catalogue.sqlite"
+    writer, reader = Catalogue(path, DIM, create=True), None
+    reader = Catalogue(path, DIM)
+    stamps = [writer.stamp()]
+    writer.add([image("a", "s1", 1)])
+    stamps.append(writer.stamp())
+    assert reader.stamp() == stamps[-1]
+    writer.add([image("a", "s1", 1)])  # a duplicate: nothing inserted, still a commit
+    writer.remove_label("a")
+    writer.add([image("a", "s1", 1)])  # the same row again: count and content as before
+    stamps += [writer.stamp()]
+    assert len(set(stamps)) == 3 and reader.stamp() == stamps[-1]
+    other = Catalogue(tmp_path / "other.sqlite", DIM, create=True)
+    assert other.stamp().split(":")[0] != stamps[-1].split(":")[0]  # another library's id
+
+
+def test_the_journal_gives_what_was_added_and_removed_since_a_position(catalogue):
+    catalogue.add([image("a", "s1", 1), image("b", "s2", 2)])
+    position = catalogue.journal_position()
+    new = catalogue.add([image("c", "s3", 3)])
+    catalogue.remove_label("a")
+    ids, vectors = catalogue.added_after(position[0])
+    assert ids.tolist() == new and np.array_equal(vectors[0], vec(3))
+    assert catalogue.removed_after(position[1]).tolist() == [1]
+    catalogue.remove_label("c")
+    assert catalogue.added_after(position[0])[0].tolist() == []  # added, then removed
+    assert catalogue.journal_position()[0] == new[0]  # ids given stay counted
+
+
+def test_remove_images_by_sha256_or_by_source(catalogue):
+    catalogue.add([image("a", "s1", 1), image("a", "s2", 2), image("b", "s3", 3, "/p/x.jpg")])
+    removed = catalogue.remove_images(["s1", "/p/x.jpg", "nothing"])
+    assert [(r.label, r.sha256) for r in removed] == [("a", "s1"), ("b", "s3")]
+    assert catalogue.class_counts() == [("a", 1)]
+
+
+def test_labels_holding_names_the_first_label(catalogue):
+    catalogue.add([image("first", "s1", 1)])
+    catalogue.add([image("second", "s1", 1)])
+    assert catalogue.labels_holding(["s1", "s9"]) == {"s1": "first"}
+    assert catalogue.pairs_held({("second", "s1"), ("third", "s1")}) == {("second", "s1")}
+
+
+def test_a_write_held_by_another_process_is_busy_not_damaged(tmp_path, monkeypatch):
+    from kshot.fewshot import catalogue as module
+
+    path = tmp_path / "catalogue.sqlite"
+    Catalogue(path, DIM, create=True).close()
+    monkeypatch.setattr(module, "BUSY_TIMEOUT_S", 0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(KshotError) as caught:
+            Catalogue(path, DIM).add([image("a", "s1", 1)])
+    finally:
+        holder.execute("ROLLBACK")
+    assert "another process holds the library" in str(caught.value)
+    assert "damaged" not in str(caught.value)
+
+
+def test_a_catalogue_made_before_the_journal_is_stamped_and_migrated(tmp_path):
+    path = tmp_path / "catalogue.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE images (id INTEGER PRIMARY KEY AUTOINCREMENT, label TEXT NOT NULL, "
+        "source TEXT NOT NULL, sha256 TEXT NOT NULL, enrolled_at TEXT NOT NULL, "
+        "vector BLOB NOT NULL, UNIQUE (label, sha256));"
+    )
+    old.close()
+    catalogue = Catalogue(path, DIM)
+    before = catalogue.stamp()
+    assert catalogue.library_id() is None and catalogue.removed_after(0).tolist() == []
+    catalogue.add([image("a", "s1", 1)])
+    assert catalogue.stamp() != before
+    catalogue.remove_label("a")
+    assert catalogue.removed_after(0).tolist() == [1]

@@ -94,3 +94,24 @@ def test_refuses_unicode_line_separators(separator):
 )
 def test_accepts_joiners_people_type(label):
     assert check_label(label) == label
+
+
+@pytest.mark.parametrize("label", ["Tomato/Late blight", "トマト/疫病", "a/b"])
+def test_two_level_labels_are_accepted(label):
+    assert check_label(label) == label
+
+
+@pytest.mark.parametrize(
+    ("label", "words"),
+    [
+        ("Tomato/", "empty group or class"),
+        ("/blight", "empty group or class"),
+        ("a//b", "levels"),
+        ("a/b/c", "3 levels; at most two"),
+        ("Tomato/ blight", "white space"),
+        ("Tomato/unknown", "reserved"),
+    ],
+)
+def test_bad_two_level_labels_are_refused(label, words):
+    with pytest.raises(ValueError, match=words):
+        check_label(label)

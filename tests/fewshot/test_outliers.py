@@ -86,7 +86,12 @@ def test_partial_disagreement_and_threshold():
     lenient = label_disagreements(vectors, labels, ids, neighbours=5, min_disagreement=0.8)
     assert [item["id"] for item in lenient] == [1, 103, 104]
     assert [item["disagreement"] for item in lenient] == pytest.approx([1.0, 0.8, 0.8])
-    assert len(label_disagreements(vectors, labels, ids, min_disagreement=0.6)) == 6
+    # At 0.6 the a images qualify too, but two of their neighbours are a's and two b's: their
+    # own label ties the best other, so their neighbours do not say another label.
+    at_06 = label_disagreements(vectors, labels, ids, min_disagreement=0.6)
+    assert [item["id"] for item in at_06] == [1, 103, 104]
+    for item in label_disagreements(vectors, labels, ids, min_disagreement=0.0):
+        assert item["suggested"] != item["label"]
 
 
 def test_exact_duplicates_exclude_the_image_itself_by_position():

@@ -28,9 +28,12 @@ CLASSES = tuple(PATTERNS)  # bars, blob, corner: told apart by an untrained conv
 
 
 def png_bytes(pattern: str, seed: int, size: int = 32) -> bytes:
-    """A PNG of one of the test classes, as bytes to upload."""
+    """A PNG of one of the test classes (``"noise"``: of none), as bytes to upload."""
     rng = np.random.default_rng(seed)
-    pixels = PATTERNS[pattern](size, rng) + rng.normal(0, 12, (size, size))
+    if pattern == "noise":
+        pixels = rng.integers(0, 256, (size, size))
+    else:
+        pixels = PATTERNS[pattern](size, rng) + rng.normal(0, 12, (size, size))
     buffer = io.BytesIO()
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L").save(buffer, "PNG")
     return buffer.getvalue()

@@ -55,12 +55,17 @@ def test_query_parameters_pass_through(client):
     image = files(("q.png", png_bytes("bars", 60)))
     knn = client.post(QUERY, params={"method": "knn", "neighbours": 3}, files=image).json()
     assert knn["results"][0]["label"] == "bars"
-    one = client.post(QUERY, params={"top_k": 1, "threshold": 1.01}, files=image).json()
-    assert one["results"][0]["label"] == "unknown" and len(one["results"][0]["top_k"]) == 1
+    # noise: "unknown" under the library's own threshold, a class with threshold 0
+    unsure = files(("q.png", png_bytes("noise", 60)))
+    own = client.post(QUERY, params={"top_k": 1}, files=unsure).json()
+    assert own["results"][0]["label"] == "unknown" and len(own["results"][0]["top_k"]) == 1
+    never = client.post(QUERY, params={"threshold": 0}, files=unsure).json()
+    assert never["results"][0]["label"] in CLASSES
     bad = client.post(QUERY, params={"method": "svm", "top_k": 0}, files=image)
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
     assert "method" in bad.json()["error"]["message"] and "top_k" in bad.json()["error"]["message"]
-    assert client.post(QUERY, params={"threshold": "nan"}, files=image).status_code == 422
+    for threshold in ("nan", "1.01", "-0.1"):  # confidences lie in [0, 1]
+        assert client.post(QUERY, params={"threshold": threshold}, files=image).status_code == 422
 
 
 def test_base64_json_gives_the_multipart_answer(client):
@@ -187,14 +192,14 @@ def test_enroll_browse_thumbnail_and_forget(client, library):
     # the uploaded bytes are kept in the library, named by their content
     kept = sorted(p.name for p in (library / "uploads").iterdir())
     assert len(kept) == 2 and all(len(name) == 64 + 4 for name in kept)
-    # the same photo in a second class: forgetting the first keeps the file the second uses
-    shared = client.post("/v1/libraries/leaves/classes/Second/images", files=images[1:])
-    assert shared.json()["added"] == [{"image": "two.png", "label": "Second"}]
+    # the same photo for another class is refused by name, and its file stays for the first
+    other = client.post("/v1/libraries/leaves/classes/Second/images", files=images[1:]).json()
+    assert other["added"] == [] and other["errors"][0]["image"] == "two.png"
+    assert "already enrolled" in other["errors"][0]["error"]
+    assert len(list((library / "uploads").iterdir())) == 2
     forgot = client.delete("/v1/libraries/leaves/classes/Tomato leaf curl")
     assert forgot.json()["removed"] == 2
-    assert len(list((library / "uploads").iterdir())) == 1
-    client.delete("/v1/libraries/leaves/classes/Second")
-    assert not list((library / "uploads").iterdir())
+    assert not list((library / "uploads").iterdir())  # forgotten with the class
     assert client.delete("/v1/libraries/leaves/classes/Tomato leaf curl").status_code == 404
     assert client.get("/v1/libraries/leaves/classes/Tomato leaf curl").status_code == 404
 
@@ -204,9 +209,11 @@ def test_labels_are_checked_and_never_become_paths(client, library, tmp_path):
     for label, reason in (("bad%09tab", "tab"), ("unknown", "reserved"), ("%20padded", "white")):
         response = client.post(f"/v1/libraries/leaves/classes/{label}/images", files=image)
         assert response.status_code == 422 and reason in response.json()["error"]["message"]
+    three = client.post("/v1/libraries/leaves/classes/..%2F..%2Fescape/images", files=image)
+    assert three.status_code == 422 and "levels" in three.json()["error"]["message"]
     before = set(tmp_path.rglob("*"))
-    label = "../../escape"
-    response = client.post("/v1/libraries/leaves/classes/..%2F..%2Fescape/images", files=image)
+    label = "../escape"  # a group "..", a class "escape": text, never a path
+    response = client.post("/v1/libraries/leaves/classes/..%2Fescape/images", files=image)
     assert response.status_code == 200 and response.json()["added"][0]["label"] == label
     created = sorted(str(p.relative_to(library)) for p in set(tmp_path.rglob("*")) - before)
     assert len(created) == 2 and created[0] == "uploads"  # the upload, named by its content

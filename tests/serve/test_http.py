@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from kshot.cli.app import app
 from kshot.fewshot.catalogue import Catalogue
-from kshot.index.vector_index import IndexSpec, VectorIndex
+from kshot.fewshot.library import Library
 from kshot.serve.client import Client, ServerError
 from tests.cli.conftest import make_image
 from tests.serve.conftest import READ_ONLY_KEY, READ_WRITE_KEY, Server, png_bytes
@@ -172,8 +172,8 @@ def test_concurrent_enrollments_and_queries_lose_no_vector(http_server, tmp_path
     assert not errors, errors
     catalogue = Catalogue(library / "catalogue.sqlite", 64)
     assert len(catalogue) == before + 6 * 3 + 3
-    index = VectorIndex.load(library / "index.faiss", IndexSpec(kind="flat"))
-    assert np.array_equal(np.sort(index.ids()), catalogue.ids())  # the saved index: every vector
+    index = Library.open(library, device="cpu").index  # the saved index, brought up to date
+    assert np.array_equal(np.sort(index.ids()), catalogue.ids())  # every vector
     counts = {c["label"]: c["images"] for c in writer.classes("leaves")}
     assert all(counts[f"concurrent-{i}"] == 3 for i in range(6)) and counts["concurrent-cli"] == 3
     for i in range(6):

@@ -9,16 +9,20 @@ from typing import Annotated
 
 import typer
 
-from kshot.cli import inspection, render, serve_command, train_command
+from kshot.cli import inspection, maintenance, render, serve_command, train_command
 from kshot.cli.console import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_SOME_INPUTS_FAILED,
+    failure_message,
+    outcome,
     progress,
     say,
+    set_thread_count,
     setup_logging,
 )
 from kshot.cli.embedders import embedder_from
-from kshot.cli.options import AsJson, Device, IndexKind, LibraryDir, Method
+from kshot.cli.options import METHOD_HELP, AsJson, Centre, Device, IndexKind, LibraryDir, Method
 from kshot.errors import KshotError
 
 app = typer.Typer(
@@ -31,21 +35,57 @@ app = typer.Typer(
 
 
 def command(fn):
-    """Register ``fn`` as a command: a ``KshotError`` becomes one line on stderr and exit 1; an
-    int returned becomes the exit code."""
+    """Register ``fn`` as a command: a ``KshotError``, an OS error (permissions, disk full,
+    read-only storage) or an SQLite failure becomes one line on stderr and exit 1 (see
+    :func:`failure_message`); Ctrl-C exits 130; an int returned becomes the exit code."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
         setup_logging()
         try:
             code = fn(*args, **kwargs)
-        except KshotError as exc:
-            say(f"kshot: error: {exc}")
+        except KeyboardInterrupt:
+            say("kshot: interrupted; what was committed before is kept")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            message = failure_message(exc)
+            if message is None:
+                raise
+            say(f"kshot: error: {message}")
             raise typer.Exit(EXIT_FAILED) from None
         if code:
             raise typer.Exit(code)
 
     return app.command()(run)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"kshot {version('kshot')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            envvar="KSHOT_THREADS",
+            help="CPU threads for torch and FAISS (default: all cores; on a busy machine fewer "
+            "are faster).",
+        ),
+    ] = None,
+):
+    """Options for every command."""
+    if threads is not None:
+        set_thread_count(threads)
 
 
 @command
@@ -54,7 +94,10 @@ def init(
     model: Annotated[Path | None, typer.Option(help="A model file from `kshot train`.")] = None,
     backbone: Annotated[
         str | None,
-        typer.Option(help="Untrained: the backbone's pretrained features (see `kshot backbones`)."),
+        typer.Option(
+            help="Untrained: the backbone's pretrained features (see `kshot backbones`); "
+            "names joined by + make an ensemble."
+        ),
     ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="Backbone weights file to use instead of downloading.")
@@ -63,16 +106,35 @@ def init(
     index: Annotated[
         IndexKind, typer.Option(help="flat: exact; hnsw, ivfpq: large libraries.")
     ] = IndexKind.flat,
+    method: Annotated[Method, typer.Option(help="How queries are decided. " + METHOD_HELP)] = (
+        Method.logistic
+    ),
+    centre: Annotated[
+        Centre,
+        typer.Option(help="library: centre embeddings on the library's mean before deciding."),
+    ] = Centre.none,
     device: Device = "auto",
 ):
-    """Create an empty library bound to one model."""
+    """Create an empty library bound to one model (with neither --model nor --backbone: the
+    default embedder, which works offline)."""
+    from kshot.fewshot.decider import DecisionSettings
     from kshot.fewshot.library import Library, check_new_library_path
     from kshot.index.vector_index import IndexSpec
 
     check_new_library_path(library)
+    if model is None and backbone is None:
+        from kshot.embedder.backbones import DEFAULT_BACKBONE
+
+        backbone = DEFAULT_BACKBONE
+        say(f"no --model or --backbone: using the default embedder, {backbone}")
     embedder, info = embedder_from(model, backbone, weights, pretrained)
-    Library.create(library, embedder, info, IndexSpec(kind=index.value), device=device)
-    say(f"created library {library} ({embedder.embedding_dim}-d embeddings, {index.value} index)")
+    settings = DecisionSettings(method.value, centre=centre.value)
+    spec = IndexSpec(kind=index.value)
+    Library.create(library, embedder, info, spec, device=device, settings=settings)
+    say(
+        f"created library {library} ({embedder.embedding_dim}-d embeddings, {index.value} index, "
+        f"{method.value} decisions)"
+    )
     say(f"next: kshot enroll {library} --label NAME IMAGE...   or   kshot enroll {library} DIR")
 
 
@@ -82,23 +144,35 @@ def enroll(
     inputs: Annotated[
         list[str],
         typer.Argument(
-            help="Image files (with --label), or one folder with a sub-folder per class."
+            help="With --label: image files or folders of images. Without: one folder holding a "
+            "folder per class (or per group, holding a folder per class: group/class labels)."
         ),
     ],
     label: Annotated[
         str | None, typer.Option("--label", "-l", help="The class of the images.")
     ] = None,
+    allow_relabel: Annotated[
+        bool,
+        typer.Option(help="Enroll bytes already enrolled under another label (refused if not)."),
+    ] = False,
     as_json: AsJson = False,
     device: Device = "auto",
 ):
-    """Add labelled images to a library: a new class from a few photos, no retraining."""
+    """Add labelled images to a library: a new class from a few photos, no retraining.
+
+    Commits as it goes: interrupted, it keeps what it enrolled, and run again it goes on
+    (images already enrolled are skipped)."""
+    from kshot.embedder.images import images_in
     from kshot.fewshot.labels import check_label
     from kshot.fewshot.library import EnrollReport, Library, folder_items
 
     if label is None:
+        if len(inputs) == 1 and not Path(inputs[0]).exists():
+            raise KshotError(f"{inputs[0]}: does not exist")
         if len(inputs) != 1 or not Path(inputs[0]).is_dir():
             raise KshotError(
-                "give --label NAME with image files, or one folder holding a sub-folder per class"
+                "give --label NAME with image files or folders of images, or one folder "
+                "holding a folder per class"
             )
         items, refused = folder_items(Path(inputs[0]))
     else:
@@ -106,27 +180,43 @@ def enroll(
             label = check_label(label)
         except ValueError as exc:
             raise KshotError(str(exc)) from None
-        items, refused = [(Path(p), label) for p in inputs], []
+        paths, refused = images_in(inputs)
+        items = [(path, label) for path in paths]
     lib = Library.open(library, device=device)
     with progress("enrolling", len(items)) as advance:
-        report = lib.enroll(items, on_progress=advance) if items else EnrollReport()
+        report = (
+            lib.enroll(items, on_progress=advance, allow_relabel=allow_relabel)
+            if items
+            else EnrollReport()
+        )
     report.errors[:0] = refused
     render.enroll_report(report, as_json)
-    return EXIT_SOME_INPUTS_FAILED if report.errors else 0
+    if report.interrupted:
+        say(
+            f"kshot: interrupted: the {len(report.added)} image(s) enrolled are kept; run the "
+            "same command again to go on (images already enrolled are skipped)"
+        )
+        return EXIT_INTERRUPTED
+    return outcome(len(report.added) + len(report.duplicates), len(report.errors))
 
 
 @command
 def query(
     library: LibraryDir,
-    images: Annotated[list[str], typer.Argument(help="Image files to classify.")],
+    images: Annotated[
+        list[str], typer.Argument(help="Image files to classify, or folders of images.")
+    ],
     top_k: Annotated[int, typer.Option(min=1, help="How many classes to list per image.")] = 5,
     method: Annotated[
-        Method,
-        typer.Option(help="prototype: nearest class mean; knn: weighted vote of neighbours."),
-    ] = Method.prototype,
+        Method | None,
+        typer.Option(help="Default: the library's own (see kshot classes). " + METHOD_HELP),
+    ] = None,
     threshold: Annotated[
         float | None,
-        typer.Option(help='Answer "unknown" when the best score (cosine) is below this.'),
+        typer.Option(
+            help='Answer "unknown" when the best confidence (0-1) is below this. Default: the '
+            "library's own, chosen from its enrolled images; 0: never.",
+        ),
     ] = None,
     neighbours: Annotated[int, typer.Option(min=1, help="k of --method knn.")] = 10,
     model: Annotated[
@@ -143,51 +233,83 @@ def query(
     ] = None,
 ):
     """Classify images against a library's classes."""
-    if server is not None:
-        return _query_server(server, library, images, top_k, method, threshold, neighbours, as_json)
-    from kshot.fewshot.library import Library
+    from kshot.embedder.images import images_in
+    from kshot.fewshot.library import Library, QueryResult
 
+    chosen = method.value if method is not None else None
+    if server is not None:
+        return _query_server(server, library, images, top_k, chosen, threshold, neighbours, as_json)
+
+    paths, refused = images_in(images)
     lib = Library.open(library, model=model, device=device)
-    with progress("querying", len(images)) as advance:
-        results = lib.query(images, method.value, top_k, threshold, neighbours, advance)
+    with progress("querying", len(paths)) as advance:
+        results = lib.query(paths, chosen, top_k, threshold, neighbours, advance)
+    results += [QueryResult(error.source, error=error) for error in refused]
     render.query_results(results, as_json)
-    return EXIT_SOME_INPUTS_FAILED if any(r.error for r in results) else 0
+    failed = sum(r.error is not None for r in results)
+    return outcome(len(results) - failed, failed)
 
 
 def _query_server(url, library, images, top_k, method, threshold, neighbours, as_json) -> int:
+    """``kshot query --server``: the images sent to a running ``kshot serve``, its answers
+    printed as the local ones are."""
     import os
 
+    from kshot.embedder.images import images_in
+    from kshot.errors import InputError
     from kshot.serve.client import Client
 
-    missing = [image for image in images if not Path(image).is_file()]
-    if missing:
-        raise KshotError(f"{missing[0]}: no such file")
+    found, refused = images_in(images)
+    paths = [path for path in found if Path(path).is_file()]
+    refused += [InputError(path, "does not exist") for path in found if path not in paths]
     client = Client(url, api_key=os.environ.get("KSHOT_API_KEY"))
-    results = client.query(str(library), images, top_k, threshold, method.value, neighbours)
+    results = (
+        client.query(str(library), paths, top_k, threshold, method, neighbours) if paths else []
+    )
+    results += [{"image": error.source, "error": error.reason} for error in refused]
     render.query_result_lines(results, as_json)
-    return EXIT_SOME_INPUTS_FAILED if any("error" in r for r in results) else 0
+    failed = sum("error" in result for result in results)
+    return outcome(len(results) - failed, failed)
 
 
 @command
 def classes(library: LibraryDir, as_json: AsJson = False):
     """List a library's classes and how many images each holds."""
-    from kshot.fewshot.library import Library
+    from kshot.fewshot.store import LibraryStore
 
-    render.class_counts(Library.open(library).classes(), as_json)
+    store = LibraryStore.open_store(library)
+    counts = store.classes()
+    render.class_counts(counts, as_json)
+    if counts and not as_json:
+        render.decision_summary(store.decider())
 
 
 @command
 def forget(
     library: LibraryDir,
-    label: Annotated[str, typer.Argument(help="The class to remove, with all its images.")],
+    label: Annotated[
+        str | None, typer.Argument(help="The class to remove, with all its images.")
+    ] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--image",
+            help="Remove one image: the path it was enrolled from, or its SHA-256 (repeatable).",
+        ),
+    ] = None,
 ):
-    """Remove a class from a library."""
-    from kshot.fewshot.library import Library
+    """Remove a class, or single images, from a library."""
+    from kshot.fewshot.store import LibraryStore
 
-    lib = Library.open(library)
-    if label not in dict(lib.classes()):
-        raise KshotError(f"{library} has no class {label!r} (see kshot classes {library})")
-    say(f"forgot {label!r}: {lib.forget(label)} image(s) removed")
+    store = LibraryStore.open_store(library)
+    if (label is None) == (not image):
+        raise KshotError("give the class to forget, or --image PATH_OR_SHA256 (not both)")
+    if label is not None:
+        if label not in dict(store.classes()):
+            raise KshotError(f"{library} has no class {label!r} (see kshot classes {library})")
+        say(f"forgot {label!r}: {store.forget(label)} image(s) removed")
+        return 0
+    return maintenance.forget_images(store, image)
 
 
 @command
@@ -210,7 +332,9 @@ def embed(
     ],
     out: Annotated[Path, typer.Option(help="Folder for embeddings.npy and images.csv.")],
     model: Annotated[Path | None, typer.Option(help="A model file.")] = None,
-    backbone: Annotated[str | None, typer.Option(help="An untrained backbone.")] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="An untrained backbone (a+b: an ensemble).")
+    ] = None,
     weights: Annotated[Path | None, typer.Option(help="Backbone weights file.")] = None,
     device: Device = "auto",
 ):
@@ -274,6 +398,8 @@ for extra in (
     inspection.projector,
     inspection.plot,
     inspection.outliers,
+    maintenance.info,
+    maintenance.compact,
     serve_command.serve,
 ):
     command(extra)

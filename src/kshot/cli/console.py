@@ -8,10 +8,49 @@ from contextlib import contextmanager
 
 import typer
 
-# Exit codes: 0 done; 1 failed (one-line reason on stderr); 2 bad command line (typer/click);
-# 3 done, but some inputs were unusable (each reported on stderr or in the JSON output).
+# Exit codes: 0 done; 1 failed, or not one input could be used (one-line reasons on stderr); 2 bad
+# command line (typer/click); 3 done, but some inputs were unusable (each reported on stderr or in
+# the JSON output); 130 interrupted (Ctrl-C), what was committed kept.
 EXIT_FAILED = 1
 EXIT_SOME_INPUTS_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+def outcome(done: int, failed: int) -> int:
+    """The exit code of a run over inputs: 0 all done, 3 some failed, 1 none could be done."""
+    if not failed:
+        return 0
+    return EXIT_SOME_INPUTS_FAILED if done else EXIT_FAILED
+
+
+def failure_message(exc: BaseException) -> str | None:
+    """The one line a failure is told in, naming the file and what to do; ``None`` for a bug
+    (which keeps its traceback)."""
+    import sqlite3
+
+    from kshot.errors import KshotError, os_error_message
+
+    if isinstance(exc, KshotError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return os_error_message(exc)
+    if isinstance(exc, sqlite3.Error):
+        return f"the library's catalogue failed ({exc}); run the command again"
+    return None
+
+
+def set_thread_count(threads: int) -> None:
+    """Use ``threads`` CPU threads in torch and FAISS (OpenMP): set before either is imported,
+    and set in torch if it already is."""
+    import os
+    import sys
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    if "faiss" in sys.modules:
+        sys.modules["faiss"].omp_set_num_threads(threads)
 
 
 class _StderrHandler(logging.Handler):

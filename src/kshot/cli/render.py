@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import typer
 
 from kshot.cli.console import say
+from kshot.fewshot.labels import UNKNOWN
 
 
 def _json_line(data: dict) -> None:
@@ -15,18 +16,24 @@ def _json_line(data: dict) -> None:
 
 
 def query_result_json(result) -> dict:
-    """The JSON object of one query result, for ``kshot query --json`` and the server alike:
-    ``image`` (as given), then either ``label``, ``score`` and ``top_k`` (a list of
-    ``{"label", "score"}``), or ``error``."""
+    """One query's answer as JSON: ``image`` (as given), then either ``error``, or ``label`` (a
+    class or "unknown"), ``score`` (its confidence, 0-1) and ``top_k`` (``{"label", "score"}``
+    best first); with grouped labels (``crop/disease``) also ``group`` and ``groups``."""
     if result.error is not None:
         return {"image": result.image, "error": result.error.reason}
     decision = result.decision
-    return {
+    data = {
         "image": result.image,
         "label": decision.label,
         "score": round(decision.score, 6),
         "top_k": [{"label": label, "score": round(score, 6)} for label, score in decision.top_k],
     }
+    if decision.group is not None:
+        data["group"] = decision.group
+        data["groups"] = [
+            {"group": group, "score": round(score, 6)} for group, score in decision.groups
+        ]
+    return data
 
 
 def query_results(results: Sequence, as_json: bool) -> None:
@@ -35,16 +42,22 @@ def query_results(results: Sequence, as_json: bool) -> None:
 
 
 def query_result_lines(results: Sequence[dict], as_json: bool) -> None:
-    """One line per image's JSON result (a local one, or a server's): the JSON itself, or for
-    people a tab-separated line, an error on stderr."""
+    """One line per image's JSON answer (a local one, or a server's): the JSON object itself,
+    or for people the answer, its confidence and the next classes (an error on stderr)."""
     for result in results:
         if as_json:
             _json_line(result)
         elif "error" in result:
             say(f"kshot: {result['image']}: {result['error']}")
         else:
-            others = ", ".join(f"{t['label']} {t['score']:.3f}" for t in result["top_k"][1:])
-            line = f"{result['image']}\t{result['label']}\t{result['score']:.3f}"
+            top = result["top_k"]
+            others = ", ".join(f"{t['label']} {t['score']:.3f}" for t in top[1:])
+            answer = result["label"]
+            if answer == UNKNOWN and top:
+                answer += f" (nearest: {top[0]['label']})"
+            if result.get("group") is not None:
+                answer = f"{result['group']}: {answer}"
+            line = f"{result['image']}\t{answer}\t{result['score']:.3f}"
             typer.echo(line + (f"\t(then: {others})" if others else ""))
 
 
@@ -55,6 +68,24 @@ def enroll_report_json(report) -> dict:
         "duplicates": [{"image": image, "label": label} for image, label in report.duplicates],
         "errors": [{"image": e.source, "error": e.reason} for e in report.errors],
     }
+
+
+def decision_summary(decider) -> None:
+    """How the library decides, and its own "unknown" threshold with what it costs."""
+    settings, calibration = decider.settings, decider.calibration
+    rule = settings.method + (" on centred embeddings" if settings.centre != "none" else "")
+    if calibration.threshold is None:
+        say(
+            f"decisions: {rule}; no threshold of its own (it needs three classes, some with two "
+            "images or more): every query gets a class unless --threshold is given"
+        )
+        return
+    say(
+        f"decisions: {rule}; unknown below confidence {calibration.threshold:.3f}, chosen on "
+        f"{calibration.images} held-out enrolled images: {calibration.known_rejected:.0%} of "
+        f"them rejected, {calibration.unknown_accepted:.0%} of those standing in for an unknown "
+        "class accepted"
+    )
 
 
 def enroll_report(report, as_json: bool) -> None:

@@ -52,7 +52,7 @@ def serve(
     """
     import logging
 
-    from kshot.fewshot.library import MANIFEST, Manifest
+    from kshot.fewshot.store import MANIFEST, Manifest
     from kshot.serve.auth import Keys, check_bind
 
     keys = Keys.load(api_keys)

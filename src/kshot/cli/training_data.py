@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kshot.embedder.images import class_folders
+from kshot.embedder.images import class_tree
 from kshot.embedder.preprocess import PreprocessConfig
 from kshot.embedder.trainset import ImageSet, load_image_set
 from kshot.errors import KshotError
@@ -22,16 +22,20 @@ log = logging.getLogger("kshot")
 
 
 def class_image_lists(data: Path) -> list[tuple[str, list[Path]]]:
-    """``(class name, image files)`` of each non-empty sub-folder of ``data``."""
+    """``(class name, image files)`` of each non-empty class folder of ``data``: one level
+    (``class/``) or two (``group/class/``, named ``group/class``), as a library enrolls them."""
     data = Path(data)
     if not data.is_dir():
-        raise KshotError(f"{data}: no such directory")
+        raise KshotError(f"{data}: " + ("is not a folder" if data.exists() else "does not exist"))
+    classes, left_out = class_tree(data)
+    for error in left_out:
+        log.warning("skipping %s", error)
     found = []
-    for folder, images in class_folders(data):
-        if images:
-            found.append((folder.name, images))
+    for folder in classes:
+        if folder.images:
+            found.append((folder.name, folder.images))
         else:
-            log.warning("skipping class %r: %s holds no images", folder.name, folder)
+            log.warning("skipping class %r: %s holds no images", folder.name, folder.folder)
     return found
 
 

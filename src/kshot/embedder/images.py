@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from kshot.errors import InputError
+from kshot.errors import InputError, os_error_reason
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
@@ -42,11 +42,15 @@ def read_image(path: str | Path, min_side: int, channels: int, digest: bool = Fa
     Raises :class:`InputError` naming the file and the reason.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "no such file")
     if path.is_dir():
         raise InputError(path, "is a directory, expected an image file")
-    return decode_image(path.read_bytes(), path, min_side, channels, digest)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(path, "does not exist") from None
+    except OSError as exc:  # permissions, I/O errors: this file fails, its batch goes on
+        raise InputError(path, f"cannot be read: {os_error_reason(exc)}") from None
+    return decode_image(data, path, min_side, channels, digest)
 
 
 def decode_image(
@@ -124,6 +128,81 @@ def list_images(directory: Path) -> list[Path]:
     return sorted(
         p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """SHA-256 of the file's bytes, or ``None`` if it cannot be read (reading it says why)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def images_in(inputs: list[str]) -> tuple[list[str], list[InputError]]:
+    """The image files ``inputs`` name, in order: a folder stands for the images directly in it;
+    anything else is kept as given (reading it says what is wrong, e.g. that it does not exist).
+    A folder with no image directly in it is reported."""
+    found: list[str] = []
+    errors: list[InputError] = []
+    for given in inputs:
+        entry = Path(given)
+        if not entry.is_dir():
+            found.append(given)
+        elif images := list_images(entry):
+            found += map(str, images)
+        else:
+            errors.append(InputError(entry, "is a folder with no image files directly in it"))
+    return found, errors
+
+
+@dataclass(frozen=True)
+class ClassFolder:
+    """A folder of one class's images; ``name`` is ``folder`` or ``group/folder``."""
+
+    name: str
+    folder: Path
+    images: list[Path]
+
+
+def class_tree(root: Path) -> tuple[list[ClassFolder], list[InputError]]:
+    """The classes under ``root``, sorted, and what was left out and why.
+
+    Each sub-folder holding images is a class named after it. A sub-folder holding only folders is
+    a group (a crop, say), each of its folders a class named ``group/folder``
+    (``Tomato/Late blight``). Folders deeper than that, and folders beside a class's images, are
+    reported, not read.
+    """
+    classes: list[ClassFolder] = []
+    errors: list[InputError] = []
+    for top in _sub_folders(root):
+        images, inner = list_images(top), _sub_folders(top)
+        if images or not inner:
+            classes.append(ClassFolder(top.name, top, images))
+            errors += [_not_read(folder, top) for folder in inner]
+            continue
+        for folder in inner:
+            classes.append(ClassFolder(f"{top.name}/{folder.name}", folder, list_images(folder)))
+            errors += [
+                InputError(
+                    deeper,
+                    "is a third folder level; labels have at most two levels "
+                    "(group/class), so it was not read",
+                )
+                for deeper in _sub_folders(folder)
+            ]
+    return classes, errors
+
+
+def _sub_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir())
+
+
+def _not_read(folder: Path, parent: Path) -> InputError:
+    return InputError(folder, f"is a folder among the images of class {parent.name!r}; not read")
 
 
 def class_folders(root: Path) -> list[tuple[Path, list[Path]]]:

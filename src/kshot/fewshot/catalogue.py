@@ -1,23 +1,32 @@
 """The catalogue: the library's source of truth, in one SQLite file.
 
 Each enrolled image is one row: a stable id (never reused), its label, the path it was enrolled
-from, the SHA-256 of its bytes, when it was enrolled, and its embedding. The FAISS index is derived
-from these rows and is rebuilt from them whenever the two disagree, so a crash between writing the
-catalogue and the index can cost time but never answers.
+from, the SHA-256 of its bytes, when it was enrolled, and its embedding. Removed ids are logged in
+``removed`` in the same transaction, and every write transaction bumps a counter in ``meta``: so
+the FAISS index, derived from these rows, can be brought up to date from the rows added and the ids
+removed since it was saved (the catalogue is its journal), and knows by :meth:`Catalogue.stamp`
+whether it is. A crash between writing the catalogue and the index costs time, never answers.
+
+Libraries made before ``meta`` and ``removed`` existed get them at their first write; until then
+:meth:`Catalogue.stamp` is computed from the ids, which are never reused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from kshot.errors import KshotError
+from kshot.errors import KshotError, StorageError
 
-_SCHEMA = """
+_IMAGES = """
 CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     label TEXT NOT NULL,
@@ -26,9 +35,16 @@ CREATE TABLE IF NOT EXISTS images (
     enrolled_at TEXT NOT NULL,
     vector BLOB NOT NULL,
     UNIQUE (label, sha256)
-);
-CREATE INDEX IF NOT EXISTS images_by_label ON images (label);
-"""
+)"""
+_JOURNAL = (
+    _IMAGES,
+    "CREATE INDEX IF NOT EXISTS images_by_label ON images (label)",
+    "CREATE INDEX IF NOT EXISTS images_by_sha256 ON images (sha256)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS removed (seq INTEGER PRIMARY KEY AUTOINCREMENT, id INTEGER)",
+)
+# How long a command waits for another process's write transaction before giving up.
+BUSY_TIMEOUT_S = float(os.environ.get("KSHOT_BUSY_TIMEOUT", "30"))
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,14 @@ class Entries:
     vectors: np.ndarray
 
 
+@dataclass(frozen=True)
+class Removed:
+    id: int
+    label: str
+    source: str
+    sha256: str
+
+
 class Catalogue:
     def __init__(self, path: Path, dim: int, create: bool = False):
         self.path = Path(path)
@@ -60,12 +84,16 @@ class Catalogue:
                 "cannot be used; restore it from a backup or build a new library"
             )
         try:
-            self._db = sqlite3.connect(self.path)
-            if create:
-                with self._db:
-                    self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise KshotError(f"{self.path}: damaged catalogue ({exc})") from None
+            # Autocommit: transactions are begun explicitly (BEGIN IMMEDIATE for writes).
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._failure(exc, "open") from None
+        if create:
+            with self.writing():
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('library_id', ?)",
+                    (uuid.uuid4().hex,),
+                )
         # Opening only reads, so a library on read-only storage can still be queried.
         if not self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'images'"):
             raise KshotError(f"{self.path}: damaged catalogue (it has no images table)")
@@ -73,43 +101,164 @@ class Catalogue:
     def close(self) -> None:
         self._db.close()
 
+    def _failure(self, exc: sqlite3.Error, doing: str) -> KshotError:
+        """The one-line error for a failed SQLite call: busy, storage or damage, told apart."""
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            return KshotError(
+                f"{self.path}: another process holds the library (waited {BUSY_TIMEOUT_S:.0f} s "
+                "for it); run the command again when it has finished"
+            )
+        if "readonly" in text or "read-only" in text:
+            return StorageError(
+                f"{self.path}: cannot {doing} it, it is read-only (storage or permissions); the "
+                "library can be queried, not changed: copy it to writable storage to change it"
+            )
+        if "full" in text:
+            return StorageError(
+                f"{self.path}: no space left on the device; free some space and run the command "
+                "again (what was already committed is kept)"
+            )
+        if "unable to open" in text or "disk i/o" in text:
+            return StorageError(
+                f"{self.path}: cannot {doing} it ({exc}): check that it and its folder can be "
+                "read and written, and that the storage works"
+            )
+        return KshotError(
+            f"{self.path}: damaged catalogue ({exc}); restore it from a backup or build a new "
+            "library"
+        )
+
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:
             return self._db.execute(sql, params).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise KshotError(f"{self.path}: damaged catalogue ({exc})") from None
+        except sqlite3.Error as exc:
+            raise self._failure(exc, "read") from None
+
+    def _has_table(self, name: str) -> bool:
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return bool(self._query(sql, (name,)))
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read in the block sees one committed state (a shared lock held throughout)."""
+        if self._db.in_transaction:
+            yield
+            return
+        self._query("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """One write transaction (re-entrant: an inner block joins the outer one). It waits up to
+        ``BUSY_TIMEOUT_S`` for another writer, and bumps the change counter it commits with."""
+        if self._db.in_transaction:
+            yield
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            for statement in _JOURNAL:
+                self._db.execute(statement)
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise self._failure(exc, "write") from None
+        try:
+            yield
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('changes', '1') ON CONFLICT (key) "
+                "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise self._failure(exc, "write") from None
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
+    def _write(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise self._failure(exc, "write") from None
 
     def add(self, images: list[NewImage]) -> list[int | None]:
         """Insert ``images`` in one transaction; returns each one's new id, or ``None`` if that
         label already holds an image with the same bytes."""
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         ids: list[int | None] = []
-        try:
-            with self._db:
-                for image in images:
-                    vector = np.ascontiguousarray(image.vector, dtype=np.float32)
-                    cursor = self._db.execute(
-                        "INSERT OR IGNORE INTO images (label, source, sha256, enrolled_at, vector)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (image.label, image.source, image.sha256, now, vector.tobytes()),
-                    )
-                    ids.append(cursor.lastrowid if cursor.rowcount == 1 else None)
-        except sqlite3.DatabaseError as exc:
-            raise KshotError(f"{self.path}: cannot write the catalogue ({exc})") from None
+        with self.writing():
+            for image in images:
+                vector = np.ascontiguousarray(image.vector, dtype=np.float32)
+                cursor = self._write(
+                    "INSERT OR IGNORE INTO images (label, source, sha256, enrolled_at, vector)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (image.label, image.source, image.sha256, now, vector.tobytes()),
+                )
+                ids.append(cursor.lastrowid if cursor.rowcount == 1 else None)
         return ids
+
+    def labels_holding(self, sha256s: list[str]) -> dict[str, str]:
+        """For each of ``sha256s`` already enrolled, the label it was first enrolled under."""
+        found: dict[str, str] = {}
+        for chunk in _chunks(sorted(set(sha256s))):
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                f"SELECT sha256, label FROM images WHERE sha256 IN ({marks}) ORDER BY id DESC",
+                tuple(chunk),
+            )
+            found.update(rows)  # descending ids: the first enrolment is written last
+        return found
+
+    def pairs_held(self, pairs: set[tuple[str, str | None]]) -> set[tuple[str, str]]:
+        """Those of the ``(label, sha256)`` pairs that the catalogue holds."""
+        shas = sorted({sha for _, sha in pairs if sha is not None})
+        held: set[tuple[str, str]] = set()
+        for chunk in _chunks(shas):
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                f"SELECT label, sha256 FROM images WHERE sha256 IN ({marks})", tuple(chunk)
+            )
+            held.update((label, sha) for label, sha in rows if (label, sha) in pairs)
+        return held
 
     def remove_label(self, label: str) -> np.ndarray:
         """Delete every image of ``label``; returns their ids."""
-        ids = np.array(
-            [row[0] for row in self._query("SELECT id FROM images WHERE label = ?", (label,))],
-            dtype=np.int64,
-        )
-        try:
-            with self._db:
-                self._db.execute("DELETE FROM images WHERE label = ?", (label,))
-        except sqlite3.DatabaseError as exc:
-            raise KshotError(f"{self.path}: cannot write the catalogue ({exc})") from None
-        return ids
+        with self.writing():
+            ids = [row[0] for row in self._query("SELECT id FROM images WHERE label = ?", (label,))]
+            self._forget_ids(ids)
+        return np.array(ids, dtype=np.int64)
+
+    def remove_images(self, keys: list[str]) -> list[Removed]:
+        """Delete the images whose SHA-256, or the path they were enrolled from, is one of
+        ``keys``; returns what was removed."""
+        removed: list[Removed] = []
+        with self.writing():
+            for chunk in _chunks(sorted(set(keys))):
+                marks = ",".join("?" * len(chunk))
+                rows = self._query(
+                    f"SELECT id, label, source, sha256 FROM images WHERE sha256 IN ({marks}) "
+                    f"OR source IN ({marks}) ORDER BY id",
+                    tuple(chunk) * 2,
+                )
+                removed += [Removed(*row) for row in rows]
+            self._forget_ids([r.id for r in removed])
+        return removed
+
+    def _forget_ids(self, ids: list[int]) -> None:
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            self._write(f"DELETE FROM images WHERE id IN ({marks})", tuple(chunk))
+            self._db.executemany("INSERT INTO removed (id) VALUES (?)", [(i,) for i in chunk])
 
     def class_counts(self) -> list[tuple[str, int]]:
         return self._query("SELECT label, COUNT(*) FROM images GROUP BY label ORDER BY label")
@@ -117,6 +266,50 @@ class Catalogue:
     def version(self) -> int:
         """Changes whenever another connection (another process) commits a change."""
         return self._query("PRAGMA data_version")[0][0]
+
+    def library_id(self) -> str | None:
+        """A random id given to the catalogue when it was made (None if made before ids)."""
+        if not self._has_table("meta"):
+            return None
+        rows = self._query("SELECT value FROM meta WHERE key = 'library_id'")
+        return rows[0][0] if rows else None
+
+    def stamp(self) -> str:
+        """A value that changes with every committed change and is the same in every process.
+
+        Derived files (the index) record it to tell whether they reflect the catalogue.
+        """
+        with self.snapshot():
+            if self._has_table("meta"):
+                rows = dict(self._query("SELECT key, value FROM meta"))
+                if "changes" in rows:
+                    return f"{rows.get('library_id', '-')}:{rows['changes']}"
+            count, top, total = self._query(
+                "SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(SUM(id), 0) FROM images"
+            )[0]
+            return f"ids:{count}:{top}:{total}"
+
+    def journal_position(self) -> tuple[int, int]:
+        """``(largest id ever given, last removal logged)``: where an index saved now stands."""
+        top = self._query("SELECT COALESCE(MAX(id), 0) FROM images")[0][0]
+        if self._has_table("sqlite_sequence"):
+            rows = self._query("SELECT seq FROM sqlite_sequence WHERE name = 'images'")
+            top = max(top, rows[0][0] if rows else 0)
+        if not self._has_table("removed"):
+            return int(top), 0
+        return int(top), int(self._query("SELECT COALESCE(MAX(seq), 0) FROM removed")[0][0])
+
+    def added_after(self, last_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` of the images whose id is above ``last_id``."""
+        rows = self._query("SELECT id, vector FROM images WHERE id > ? ORDER BY id", (last_id,))
+        return np.array([r[0] for r in rows], np.int64), self._vectors([r[1] for r in rows])
+
+    def removed_after(self, last_seq: int) -> np.ndarray:
+        """Ids removed after the removal numbered ``last_seq``."""
+        if not self._has_table("removed"):
+            return np.zeros(0, np.int64)
+        rows = self._query("SELECT id FROM removed WHERE seq > ?", (last_seq,))
+        return np.array([r[0] for r in rows], np.int64)
 
     def __len__(self) -> int:
         return self._query("SELECT COUNT(*) FROM images")[0][0]
@@ -128,8 +321,7 @@ class Catalogue:
         """Label of each of ``ids`` that is in the catalogue."""
         wanted = sorted({int(i) for i in np.ravel(ids) if i >= 0})
         found: dict[int, str] = {}
-        for start in range(0, len(wanted), 500):  # SQLite caps the number of parameters
-            chunk = wanted[start : start + 500]
+        for chunk in _chunks(wanted):
             marks = ",".join("?" * len(chunk))
             found.update(
                 self._query(f"SELECT id, label FROM images WHERE id IN ({marks})", tuple(chunk))
@@ -138,14 +330,23 @@ class Catalogue:
 
     def entries(self) -> Entries:
         rows = self._query("SELECT id, label, vector, source FROM images ORDER BY id")
-        vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32)
-        if vectors.size != len(rows) * self.dim:
-            raise KshotError(
-                f"{self.path}: its embeddings do not have the library's {self.dim} dimensions"
-            )
         return Entries(
             ids=np.array([r[0] for r in rows], dtype=np.int64),
             labels=[r[1] for r in rows],
             sources=[r[3] for r in rows],
-            vectors=vectors.reshape(len(rows), self.dim),
+            vectors=self._vectors([r[2] for r in rows]),
         )
+
+    def _vectors(self, blobs: list[bytes]) -> np.ndarray:
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32)
+        if vectors.size != len(blobs) * self.dim:
+            raise KshotError(
+                f"{self.path}: its embeddings do not have the library's {self.dim} dimensions"
+            )
+        return vectors.reshape(len(blobs), self.dim)
+
+
+def _chunks(values: list, size: int = 400) -> Iterator[list]:
+    """``values`` in pieces small enough for SQLite's cap on parameters per statement."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

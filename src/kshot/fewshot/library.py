@@ -4,46 +4,58 @@
     LIB/model.kshot       the embedder the library is bound to: a copy, so the directory is
                           self-contained and gives the same answers wherever it is copied
     LIB/catalogue.sqlite  enrolled images and their embeddings: the source of truth
-    LIB/index.faiss       FAISS index over the catalogue's embeddings: derived, rebuilt if stale
+    LIB/index.faiss       FAISS index over the catalogue's embeddings: a cache, derived
+    LIB/.lock             held by the one process that writes at a time
 
-Writes go catalogue first (one SQLite transaction), then the index (temporary file, rename). On
-opening, an index whose ids differ from the catalogue's is rebuilt from the catalogue.
+The index is a cache with one writer. Writes go to the catalogue (one SQLite transaction per
+batch), which is also the index's journal: rows added and ids removed since the saved index was
+written. Any process brings the saved index up to date in memory from that journal; only a writer,
+holding the lock, saves it, with the catalogue's stamp, once the journal has grown past
+``FOLD_AFTER`` changes (or by ``kshot compact``). A reader never writes, and an index that cannot
+be read or does not match is rebuilt in memory from the catalogue.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from kshot.atomic import write_text_atomic
 from kshot.embedder.checkpoint import load_checkpoint, model_hash, save_checkpoint
-from kshot.embedder.images import list_images
+from kshot.embedder.images import class_tree, file_sha256
 from kshot.embedder.inference import embed_files
 from kshot.embedder.model import Embedder
 from kshot.embedder.runtime import resolve_device
-from kshot.errors import InputError, KshotError
+from kshot.errors import InputError, KshotError, StorageError, os_error_message
 from kshot.fewshot.catalogue import Catalogue, Entries, NewImage
-from kshot.fewshot.decision import METHODS, Decision, decide, knn_scores, prototypes
+from kshot.fewshot.decider import Decider, DecisionSettings
+from kshot.fewshot.decision import Decision, decide
 from kshot.fewshot.labels import check_label
+from kshot.fewshot.store import (
+    CATALOGUE,
+    INDEX,
+    LOCK,
+    MANIFEST,
+    MODEL,
+    LibraryStore,
+    Manifest,
+    check_new_library_path,
+)
 from kshot.index.vector_index import IndexSpec, VectorIndex
+
+__all__ = ["CATALOGUE", "INDEX", "LOCK", "MANIFEST", "MODEL", "Library", "Manifest"]
 
 log = logging.getLogger("kshot")
 
-MANIFEST, MODEL, CATALOGUE, INDEX, LOCK = (
-    "manifest.json",
-    "model.kshot",
-    "catalogue.sqlite",
-    "index.faiss",
-    ".lock",
+FOLD_AFTER = 1000  # journal changes after which a writer saves the index again
+ENROLL_BATCH = (
+    256  # images embedded, then committed, at a time: an interrupt keeps the batches done
 )
-FORMAT, VERSION = "kshot-library", 1
 
 Progress = Callable[[int], None]
 
@@ -53,6 +65,7 @@ class EnrollReport:
     added: list[tuple[str, str]] = field(default_factory=list)  # (image, label)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # already enrolled
     errors: list[InputError] = field(default_factory=list)
+    interrupted: bool = False  # stopped (Ctrl-C) after committing what ``added`` lists
 
 
 @dataclass(frozen=True)
@@ -62,69 +75,71 @@ class QueryResult:
     error: InputError | None = None
 
 
-@dataclass(frozen=True)
-class Manifest:
-    model_sha256: str
-    embedding_dim: int
-    index: IndexSpec
+@dataclass
+class _IndexState:
+    """An index in memory and the catalogue state it reflects: ``stamp``, ``position`` (last
+    id, last removal), the journal changes not in the saved file, whether it came from it."""
 
-    def to_json(self) -> str:
-        data = {
-            "format": FORMAT,
-            "version": VERSION,
-            "model_sha256": self.model_sha256,
-            "embedding_dim": self.embedding_dim,
-            "index": self.index.to_dict(),
-        }
-        return json.dumps(data, indent=2) + "\n"
-
-    @classmethod
-    def read(cls, path: Path) -> Manifest:
-        if not path.is_file():
-            raise KshotError(f"{path.parent} is not a kshot library: {path.name} is missing")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format is {data.get('format')!r}, not {FORMAT!r}")
-            if data.get("version") != VERSION:
-                raise ValueError(f"library version {data.get('version')} is not {VERSION}")
-            spec = IndexSpec.from_dict(data["index"])
-            return cls(data["model_sha256"], int(data["embedding_dim"]), spec)
-        except (ValueError, KeyError, TypeError, AttributeError, KshotError) as exc:
-            raise KshotError(f"{path}: damaged library manifest ({exc})") from None
+    index: VectorIndex
+    stamp: str
+    position: tuple[int, int]
+    unsaved: int
+    saved: bool
 
 
-def check_new_library_path(root: Path) -> Path:
-    """``root`` if a new library can be made there (absent, or an empty directory)."""
-    root = Path(root)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise KshotError(f"{root} already exists and is not an empty directory")
-    return root
+def _relabel_refusal(first: str) -> str:
+    return (
+        f"the same bytes are already enrolled as {first!r}; to file this image under a second "
+        "label, enroll it with --allow-relabel (or forget the first with kshot forget --image)"
+    )
 
 
-class Library:
+class Library(LibraryStore):
     """Open with :meth:`open`, make with :meth:`create`."""
 
     def __init__(self, root: Path, manifest: Manifest, device: str = "auto"):
-        self.root = root
-        self.manifest = manifest
+        super().__init__(root, manifest)
         self.device = resolve_device(device)
-        self.catalogue = Catalogue(root / CATALOGUE, manifest.embedding_dim)
         self._derived: dict[str, object] = {}  # index, class counts, prototypes
         self._derived_version = self.catalogue.version()
+        self._index_state: _IndexState | None = None
 
     @classmethod
     def create(
-        cls, root: Path, embedder: Embedder, info: dict, spec: IndexSpec, device: str = "auto"
+        cls,
+        root: Path,
+        embedder: Embedder,
+        info: dict,
+        spec: IndexSpec,
+        device: str = "auto",
+        settings: DecisionSettings | None = None,
+        tta: Sequence[str] = (),
     ) -> Library:
+        """A new, empty library at ``root`` bound to ``embedder``; ``settings``: how it decides
+        (default: :class:`DecisionSettings`'s); ``tta``: views averaged at enroll and query."""
         root = check_new_library_path(root)
-        root.mkdir(parents=True, exist_ok=True)
+        settings = settings or DecisionSettings()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError.from_os(exc, root) from None
         digest = save_checkpoint(embedder, root / MODEL, info)
-        manifest = Manifest(digest, embedder.embedding_dim, spec)
-        Catalogue(root / CATALOGUE, manifest.embedding_dim, create=True).close()
-        VectorIndex(manifest.embedding_dim, spec).save(root / INDEX)
+        catalogue = Catalogue(root / CATALOGUE, embedder.embedding_dim, create=True)
+        model = {"backbone": embedder.config.backbone, "trained": bool(info.get("trained", True))}
+        manifest = Manifest(
+            digest,
+            embedder.embedding_dim,
+            spec,
+            catalogue.library_id(),
+            model=model,
+            decision=asdict(settings),
+            tta=tuple(tta),
+        )
+        catalogue.close()
         write_text_atomic(root / MANIFEST, manifest.to_json())  # last: it marks a whole library
         library = cls(root, manifest, device)
+        with library.locked():
+            library._save_index(library._load_index())
         # The model just saved, hash known: no need to read it back (the property's cache).
         library.__dict__["embedder"] = embedder.for_inference(library.device)
         return library
@@ -133,9 +148,9 @@ class Library:
     def open(cls, root: Path, model: Path | None = None, device: str = "auto") -> Library:
         """Open the library at ``root``; ``model``, if given, must be the one it is bound to."""
         root = Path(root)
-        if not root.is_dir():
-            raise KshotError(f"{root}: no such library directory")
-        library = cls(root, Manifest.read(root / MANIFEST), device)
+        store = cls.open_store(root)
+        library = cls(root, store.manifest, device)
+        store.catalogue.close()
         if model is not None:
             other, _ = load_checkpoint(model)
             if model_hash(other) != library.manifest.model_sha256:
@@ -176,63 +191,196 @@ class Library:
         return self._cached("index", self._load_index)
 
     def _load_index(self) -> VectorIndex:
-        """The saved index if it holds exactly the catalogue's ids, else one rebuilt from it."""
+        """The index as the catalogue now stands, in memory; never written here.
+
+        The index kept from before, or else the saved one, is brought up to date from the
+        catalogue's journal; if neither can be read or it does not match, it is rebuilt from the
+        catalogue. All of it reads one snapshot of the catalogue.
+        """
+        with self.catalogue.snapshot():
+            stamp = self.catalogue.stamp()
+            state = self._index_state
+            if state is not None and state.stamp == stamp:
+                return state.index
+            state = self._caught_up(state or self._saved_index(), stamp)
+            self._index_state = state or self._rebuilt(stamp)
+        return self._index_state.index
+
+    def _saved_index(self) -> _IndexState | None:
+        """``index.faiss`` as saved, and what it reflects; ``None`` if unusable (said why)."""
         path, dim = self.root / INDEX, self.manifest.embedding_dim
-        expected = self.catalogue.ids()
         try:
             index = VectorIndex.load(path, self.manifest.index)
-            if index.dim == dim and np.array_equal(np.sort(index.ids()), expected):
-                return index
-            reason = "it does not match the catalogue"
         except KshotError as exc:
-            reason = str(exc) if path.exists() else "it is missing"
-        log.warning("rebuilding %s from the catalogue: %s", path, reason)
-        index = VectorIndex(dim, self.manifest.index)
+            reason = str(exc) if path.exists() else f"{path} is missing"
+            log.warning("%s; rebuilding the index in memory from the catalogue", reason)
+            return None
+        head, library_id = index.header, self.catalogue.library_id()
+        if index.dim != dim:
+            reason = f"it has {index.dim} dimensions, the library {dim}"
+        elif head.get("library_id", library_id) != library_id:
+            reason = "it belongs to another library"
+        elif "last_id" in head:
+            position = (int(head["last_id"]), int(head["last_removal"]))
+            return _IndexState(index, str(head.get("stamp")), position, 0, True)
+        elif np.array_equal(np.sort(index.ids()), self.catalogue.ids()):
+            # Saved before indexes were stamped: right if it holds exactly the catalogue's ids.
+            position = self.catalogue.journal_position()
+            return _IndexState(index, self.catalogue.stamp(), position, 1, False)
+        else:
+            reason = "it does not match the catalogue"
+        log.warning("%s: %s; rebuilding the index in memory from the catalogue", path, reason)
+        return None
+
+    def _caught_up(self, state: _IndexState | None, stamp: str) -> _IndexState | None:
+        """``state`` with the images added and removed since it was made; ``None`` if it still
+        does not hold what the catalogue holds."""
+        if state is None:
+            return None
+        if state.stamp == stamp:
+            return state
+        ids, vectors = self.catalogue.added_after(state.position[0])
+        removed = self.catalogue.removed_after(state.position[1])
+        kind = state.index.trained_kind
+        state.index.add(vectors, ids)
+        state.index.remove(removed)
+        if len(state.index) != len(self.catalogue):
+            path = self.root / INDEX
+            log.warning("%s does not match the catalogue; rebuilding the index in memory", path)
+            return None
+        changes = state.unsaved + len(ids) + len(removed)
+        position = self.catalogue.journal_position()
+        # An ivfpq index that trained: saved now, so that every process answers from the same one.
+        saved = state.saved and state.index.trained_kind == kind
+        return _IndexState(state.index, stamp, position, changes, saved)
+
+    def _rebuilt(self, stamp: str) -> _IndexState:
         entries = self.catalogue.entries()
+        index = VectorIndex(self.manifest.embedding_dim, self.manifest.index)
         index.add(entries.vectors, entries.ids)
+        return _IndexState(index, stamp, self.catalogue.journal_position(), len(index), False)
+
+    def _after_write(self) -> None:
+        """Under the lock, after a change: catch the index up; save it once the journal since
+        the saved one is long (or that one was unusable)."""
+        index = self._load_index()
+        self._derived = {"index": index}
+        state = self._index_state
+        if not state.saved or state.unsaved >= FOLD_AFTER:
+            self._save_index(index)
+
+    def _save_index(self, index: VectorIndex) -> str | None:
+        """Save ``index`` stamped with what it reflects. Call with the lock held. A failure
+        (disk full) loses nothing: the catalogue holds it all, and the next write saves; it is
+        logged, and returned as its message (``None`` when saved)."""
+        state = self._index_state
+        if index.tombstones > len(index) // 10:
+            index = index.compacted()
+        header = {
+            "stamp": state.stamp,
+            "last_id": state.position[0],
+            "last_removal": state.position[1],
+            "library_id": self.catalogue.library_id(),
+        }
         try:
-            index.save(path)
-        except OSError as exc:  # read-only storage: answer from the rebuilt index all the same
-            log.warning("cannot save the rebuilt index (%s); using it unsaved", exc.strerror)
-        return index
+            index.save(self.root / INDEX, header)
+        except OSError as exc:
+            failure = os_error_message(exc, self.root / INDEX)
+            log.warning(
+                "could not save the index (%s); nothing is lost: the catalogue holds every "
+                "image, and the next write saves the index",
+                failure,
+            )
+            return failure
+        self._index_state = _IndexState(index, state.stamp, state.position, 0, True)
+        self._derived["index"] = index
+        return None
 
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[VectorIndex]:
-        """Hold the library's write lock around a change; yields the up-to-date index."""
-        with open(self.root / LOCK, "a") as lock:
-            with contextlib.suppress(ImportError):
-                import fcntl
-
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            index = self._load_index()  # another process may have written since
-            yield index
-            index.save(self.root / INDEX)
-            self._derived = {"index": index}
+    def compact(self) -> int:
+        """Save the index as the catalogue stands, HNSW tombstones dropped; returns how many
+        journal changes were folded into it. Raises :class:`StorageError` if it cannot save."""
+        with self.locked():
+            index = self._load_index()
+            folded = self._index_state.unsaved
+            self._index_state.index = index.compacted()
+            failure = self._save_index(self._index_state.index)
+        if failure is not None:
+            raise StorageError(f"could not save the index: {failure}")
+        return folded
 
     def enroll(
-        self, items: Sequence[tuple[Path, str]], on_progress: Progress | None = None
+        self,
+        items: Sequence[tuple[Path, str]],
+        on_progress: Progress | None = None,
+        allow_relabel: bool = False,
     ) -> EnrollReport:
-        """Embed and store ``(image, label)`` pairs; unreadable images and labels that cannot be
-        classes are reported, not fatal."""
+        """Embed and store ``(image, label)`` pairs, committing every ``ENROLL_BATCH`` images:
+        an interrupt keeps what was committed (``report.interrupted``), and a rerun skips it.
+
+        Unreadable images, labels that cannot be classes, and bytes already enrolled under
+        another label (unless ``allow_relabel``) are reported, not fatal.
+        """
         report = EnrollReport()
         items = self._checked_labels(items, report)
+        try:
+            for start in range(0, len(items), ENROLL_BATCH):
+                batch = items[start : start + ENROLL_BATCH]
+                self._enroll_batch(batch, report, on_progress, allow_relabel)
+        except KeyboardInterrupt:
+            report.interrupted = True
+        if report.added and not report.interrupted:
+            self.refit_decision()
+        return report
+
+    def _enroll_batch(
+        self,
+        items: list[tuple[Path, str]],
+        report: EnrollReport,
+        on_progress: Progress | None,
+        allow_relabel: bool,
+    ) -> None:
+        items = self._not_yet_enrolled(items, report, on_progress)
         paths = [Path(p) for p, _ in items]
         embedded = embed_files(self.embedder, paths, digest=True, on_progress=on_progress)
         report.errors += [error for _, error in embedded.errors]
+        given = [str(items[i][0]) for i in embedded.indices]  # reported as the caller named them
         new = [
             NewImage(items[i][1], str(paths[i].resolve()), sha, vector)
             for i, sha, vector in zip(
                 embedded.indices, embedded.sha256, embedded.vectors, strict=True
             )
         ]
-        with self._writing() as index:
-            ids = self.catalogue.add(new)
-            kept = [j for j, new_id in enumerate(ids) if new_id is not None]
-            index.add(embedded.vectors[kept], np.array([ids[j] for j in kept], dtype=np.int64))
-        for j, new_id in enumerate(ids):
-            pair = (str(items[embedded.indices[j]][0]), new[j].label)
-            (report.added if new_id is not None else report.duplicates).append(pair)
-        return report
+        with self._writing(), self.catalogue.writing():
+            held = self.catalogue.labels_holding([image.sha256 for image in new])
+            kept = []
+            for name, image in zip(given, new, strict=True):
+                first = held.setdefault(image.sha256, image.label)
+                if first != image.label and not allow_relabel:
+                    report.errors.append(InputError(name, _relabel_refusal(first)))
+                else:
+                    kept.append((name, image))
+            ids = self.catalogue.add([image for _, image in kept])
+        for (name, image), new_id in zip(kept, ids, strict=True):
+            (report.added if new_id is not None else report.duplicates).append((name, image.label))
+
+    def _not_yet_enrolled(
+        self, items: list[tuple[Path, str]], report: EnrollReport, on_progress: Progress | None
+    ) -> list[tuple[Path, str]]:
+        """``items`` less those whose bytes their label already holds (reported as duplicates):
+        a rerun of an interrupted enrollment does not embed again what it committed."""
+        digests = {i: file_sha256(path) for i, (path, _) in enumerate(items)}
+        held = self.catalogue.pairs_held(
+            {(label, digests[i]) for i, (_, label) in enumerate(items)}
+        )
+        kept = []
+        for i, (path, label) in enumerate(items):
+            if digests[i] is not None and (label, digests[i]) in held:
+                report.duplicates.append((str(path), label))
+            else:
+                kept.append((path, label))
+        if on_progress is not None and len(kept) < len(items):
+            on_progress(len(items) - len(kept))
+        return kept
 
     @staticmethod
     def _checked_labels(
@@ -246,13 +394,6 @@ class Library:
                 report.errors.append(InputError(path, str(exc)))
         return kept
 
-    def forget(self, label: str) -> int:
-        """Remove every image of ``label``; returns how many there were."""
-        with self._writing() as index:
-            ids = self.catalogue.remove_label(label)
-            index.remove(ids)
-        return len(ids)
-
     def classes(self) -> list[tuple[str, int]]:
         """``(label, image count)`` for each class, by label."""
         return self._cached("classes", self.catalogue.class_counts)
@@ -261,27 +402,25 @@ class Library:
         """Every enrolled image's id, label, source and embedding, read once per change."""
         return self._cached("entries", self.catalogue.entries)
 
-    def _prototypes(self) -> tuple[list[str], np.ndarray]:
-        def build():
-            entries = self.entries()
-            return prototypes(entries.vectors, entries.labels)
-
-        return self._cached("prototypes", build)
-
     def query(
         self,
         images: Sequence[str | Path],
-        method: str = "prototype",
+        method: str | None = None,
         top_k: int = 5,
         threshold: float | None = None,
         neighbours: int = 10,
         on_progress: Progress | None = None,
     ) -> list[QueryResult]:
-        """Classify each image: by nearest class prototype, or by weighted vote of its
-        ``neighbours`` nearest enrolled images (``method="knn"``)."""
-        self._check_queryable(method)
+        """Classify each image with the library's own decision (``method`` None) or another rule,
+        answering "unknown" under ``threshold`` (None: the library's own; 0: never)."""
+        settings = self.settings_for(method, neighbours)
+        check_threshold(threshold)
+        if not self.classes():
+            raise KshotError(
+                f"{self.root} has no enrolled images yet: enroll some first (kshot enroll)"
+            )
         embedded = embed_files(self.embedder, images, on_progress=on_progress)
-        decisions = self.decisions(embedded.vectors, method, top_k, threshold, neighbours)
+        decisions = self.decisions(embedded.vectors, settings, top_k, threshold)
         results: list[QueryResult | None] = [None] * len(images)
         for i, decision in zip(embedded.indices, decisions, strict=True):
             results[i] = QueryResult(str(images[i]), decision=decision)
@@ -289,59 +428,81 @@ class Library:
             results[i] = QueryResult(str(images[i]), error=error)
         return results
 
-    def _check_queryable(self, method: str) -> None:
-        if method not in METHODS:
-            raise KshotError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-        if not self.classes():
-            raise KshotError(
-                f"{self.root} has no enrolled images yet: enroll some first (kshot enroll)"
-            )
+    def settings_for(self, method: str | None, neighbours: int = 10) -> DecisionSettings:
+        """The library's decision settings, with another rule if ``method`` names one."""
+        if method is None or method == self.settings.method:
+            return self.settings
+        centre = self.settings.centre if method != "knn" else "none"
+        return DecisionSettings(method, neighbours, centre)
+
+    def confidences(
+        self, vectors: np.ndarray, settings: DecisionSettings | None = None
+    ) -> tuple[Decider, np.ndarray]:
+        """The fitted decision and the confidences ``(Q, C)`` of embedded queries
+        ``vectors (Q, D)`` over its classes."""
+        decider = self.decider(settings)
+        if decider is None:
+            raise KshotError(f"{self.root} has no enrolled images yet: enroll some first")
+        if decider.settings.method == "knn":
+            scores = self._knn_scores(decider, vectors)
+        else:
+            scores = decider.scores(vectors)
+        return decider, decider.confidences(scores)
+
+    def _knn_scores(self, decider: Decider, vectors: np.ndarray) -> np.ndarray:
+        """kNN through the library's index, which holds every enrolled image."""
+        index = self.index
+        k = min(decider.settings.neighbours, len(index))
+        sims, ids = index.search(vectors, k)
+        label_of = self.catalogue.labels_of(ids)
+        code_of = {label: c for c, label in enumerate(decider.classes)}
+        codes = np.array(
+            [[code_of.get(label_of.get(int(i)), -1) for i in row] for row in ids], dtype=np.intp
+        ).reshape(sims.shape)
+        return decider.rule.vote(sims, codes)
 
     def decisions(
         self,
         vectors: np.ndarray,
-        method: str = "prototype",
+        settings: DecisionSettings | None = None,
         top_k: int = 5,
         threshold: float | None = None,
-        neighbours: int = 10,
     ) -> list[Decision]:
-        """The decision for each embedded query ``vectors (m, dim)``: what :meth:`query` answers
-        for images already embedded (the server embeds many requests' images in one pass)."""
-        self._check_queryable(method)
-        scores = self.scores(vectors, method, neighbours)
-        return [decide(score, top_k, threshold) for score in scores]
+        """The answer for each embedded query ``vectors (Q, D)``; ``threshold`` as in
+        :meth:`query`."""
+        check_threshold(threshold)
+        decider, confidences = self.confidences(vectors, settings)
+        if threshold is None:
+            threshold = decider.calibration.threshold
+        return [decide(decider.classes, row, top_k, threshold or None) for row in confidences]
 
-    def scores(
-        self, vectors: np.ndarray, method: str = "prototype", neighbours: int = 10
-    ) -> list[dict[str, float]]:
-        """``{label: score}`` for each embedded query ``vectors (m, dim)``."""
-        if method == "prototype":
-            names, centres = self._prototypes()
-            return [dict(zip(names, row.tolist(), strict=True)) for row in vectors @ centres.T]
-        sims, ids = self.index.search(vectors, min(neighbours, len(self.index)))
-        label_of = self.catalogue.labels_of(ids)
-        labels = [[label_of.get(int(i)) for i in row] for row in ids]
-        return knn_scores(sims, labels, dict(self.classes()))
+
+def check_threshold(threshold: float | None) -> None:
+    """Confidences lie in [0, 1]; a threshold outside cannot mean anything."""
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise KshotError(
+            f"threshold {threshold} is outside the confidence range: give a value from 0 "
+            "(never answer unknown) to 1"
+        )
 
 
 def folder_items(root: Path) -> tuple[list[tuple[Path, str]], list[InputError]]:
-    """``(image, label)`` pairs from ``root``'s sub-folders, one per class, and the sub-folders
-    refused for their name or for holding no image."""
+    """``(image, label)`` pairs from ``root``'s class folders (one level, ``class/``, or two,
+    ``group/class/``: see :func:`class_tree`), and what was refused or left out, with why."""
     root = Path(root)
     if not root.is_dir():
-        raise KshotError(f"{root}: no such directory")
+        raise KshotError(f"{root}: " + ("is not a folder" if root.exists() else "does not exist"))
+    classes, errors = class_tree(root)
     items: list[tuple[Path, str]] = []
-    errors: list[InputError] = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for found in classes:
         try:
-            label = check_label(folder.name)
+            label = check_label(found.name)
         except ValueError as exc:
-            errors.append(InputError(folder, str(exc)))
+            errors.append(InputError(found.folder, str(exc)))
             continue
-        images = list_images(folder)
-        if not images:
-            errors.append(InputError(folder, "holds no image files"))
-        items += [(image, label) for image in images]
+        if not found.images:
+            errors.append(InputError(found.folder, "holds no image files"))
+        items += [(image, label) for image in found.images]
     if not items and not errors:
         raise KshotError(
             f"{root} has no sub-folders: put each class's images in a folder of its own"

@@ -71,10 +71,15 @@ def nearest_others(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
     return np.take_along_axis(scores, order, 1), np.take_along_axis(found, order, 1)
 
 
-def _suggestion(neighbour_labels: list[str], similarities: np.ndarray) -> str:
-    """The most common of ``neighbour_labels``; ties go to the larger summed similarity, then
-    to the label first in sorted order (so the answer never depends on FAISS's tie order)."""
+def _suggestion(neighbour_labels: list[str], similarities: np.ndarray, own: str) -> str | None:
+    """The most common of ``neighbour_labels`` other than ``own``, if more neighbours carry it
+    than carry ``own`` (else ``None``: the neighbours do not point elsewhere); ties go to the
+    larger summed similarity, then to the label first in sorted order (so the answer never
+    depends on FAISS's tie order)."""
     counts = Counter(neighbour_labels)
+    own_votes = counts.pop(own, 0)
+    if not counts or max(counts.values()) <= own_votes:
+        return None
     weight: dict[str, float] = {}
     for label, similarity in zip(neighbour_labels, similarities, strict=True):
         weight[label] = weight.get(label, 0.0) + float(similarity)
@@ -95,8 +100,9 @@ def label_disagreements(
     images (exact inner product) vote; its disagreement is the share of them with another label.
     Reported, when disagreement >= ``min_disagreement``: ``{"id", "label", "suggested",
     "disagreement", "consensus", "neighbours": [{"id", "label", "similarity"}, ...]}``.
-    ``suggested`` is the most common neighbour label (with ``min_disagreement`` below 0.5 it can
-    be the image's own label) and ``consensus`` the share of neighbours carrying it. Sorted by
+    ``suggested`` is the most common neighbour label other than the image's own, and
+    ``consensus`` the share of neighbours carrying it; an image whose own label has as many
+    neighbours as any other is not reported (its neighbours do not say another label). Sorted by
     disagreement, then consensus, then mean neighbour similarity, descending (then by id): an
     image filed under the wrong class has neighbours that agree on its real one, while a merely
     ambiguous image has neighbours from several classes. On Omniglot with 10 swapped labels this
@@ -113,7 +119,10 @@ def label_disagreements(
     disagreement = (codes[positions] != codes[:, None]).mean(axis=1)
     mean_similarity = similarities.mean(axis=1)
     rows = np.flatnonzero(disagreement >= min_disagreement)
-    suggested = {r: _suggestion([labels[p] for p in positions[r]], similarities[r]) for r in rows}
+    suggested = {
+        r: _suggestion([labels[p] for p in positions[r]], similarities[r], labels[r]) for r in rows
+    }
+    rows = [r for r in rows if suggested[r] is not None]
     consensus = {r: np.mean([labels[p] == suggested[r] for p in positions[r]]) for r in rows}
     rows = sorted(
         rows,

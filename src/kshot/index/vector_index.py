@@ -1,52 +1,29 @@
 """A FAISS-backed store of unit vectors under stable int64 ids, searched by inner product.
 
-Kinds: ``flat`` (exact; the default), ``hnsw`` (graph; fast approximate search, no removal, so
-removing rebuilds it) and ``ivfpq`` (inverted lists of product-quantised codes, for libraries too
-big for memory as float32; exact until it holds ``ivf_train_size`` vectors, then trained on
-them). On a machine with faiss-gpu and a GPU, searches run on a GPU copy of the index; the CPU
-index stays the one saved, so an index saved on either machine loads on the other.
+Kinds: ``flat`` (exact; the default), ``hnsw`` (graph; fast approximate search; FAISS graphs
+cannot delete, so removed ids are kept as tombstones that searches skip, until
+:meth:`VectorIndex.compacted` rebuilds the graph without them) and ``ivfpq`` (inverted lists
+of product-quantised codes, for libraries too big for memory as float32; exact until it holds
+``ivf_train_size`` vectors, then trained on them). On a machine with faiss-gpu and a GPU,
+searches run on a GPU copy of the index; the CPU index stays the one saved, so an index saved on
+either machine loads on the other.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from kshot.atomic import atomic_path
-from kshot.errors import KshotError
+from kshot.errors import KshotError, os_error_reason
 from kshot.index.gpu import to_gpu
+from kshot.index.header import read_header, write_header
+from kshot.index.spec import KINDS, IndexSpec
 
-KINDS = ("flat", "hnsw", "ivfpq")
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    """Which FAISS index to build and how to search it."""
-
-    kind: str = "flat"
-    hnsw_m: int = 32  # graph degree
-    hnsw_ef_search: int = 128
-    ivf_nprobe: int = 16  # inverted lists visited per query
-    # 39 x 256: FAISS's minimum of training points for 8-bit PQ codebooks.
-    ivf_train_size: int = 9984
-    use_gpu: bool = True
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise KshotError(f"unknown index kind {self.kind!r}; choose one of {', '.join(KINDS)}")
-        if self.ivf_train_size < 256:  # 8-bit PQ codebooks have 256 centroids
-            raise KshotError("ivf_train_size must be at least 256")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> IndexSpec:
-        return cls(**data)
+__all__ = ["KINDS", "IndexSpec", "VectorIndex", "ivfpq_layout"]
 
 
 def ivfpq_layout(dim: int, count: int) -> tuple[int, int]:
@@ -69,11 +46,22 @@ def _array(vectors) -> np.ndarray:
 class VectorIndex:
     """Unit vectors ``(n, dim)`` float32 under int64 ids; inner-product (cosine) search."""
 
-    def __init__(self, dim: int, spec: IndexSpec | None = None, index: faiss.Index | None = None):
+    def __init__(
+        self,
+        dim: int,
+        spec: IndexSpec | None = None,
+        index: faiss.Index | None = None,
+        removed: np.ndarray | None = None,
+        header: dict | None = None,
+    ):
         self.dim = dim
         self.spec = spec or IndexSpec()
         self._index = index if index is not None else self._empty()
         self._search_index: faiss.Index | None = None
+        # Ids removed from an HNSW graph, which cannot delete: searches skip them.
+        self._removed = np.unique(np.asarray(removed if removed is not None else [], np.int64))
+        # What the file it was loaded from said it reflects (see save's ``header``).
+        self.header = header or {}
         self._apply_search_params()
 
     def _empty(self) -> faiss.Index:
@@ -98,12 +86,13 @@ class VectorIndex:
             inner.nprobe = self.spec.ivf_nprobe
 
     def __len__(self) -> int:
-        return self._index.ntotal
+        return self._index.ntotal - len(self._removed)
 
     def ids(self) -> np.ndarray:
         """All stored ids (int64), in storage order."""
         if isinstance(self._index, faiss.IndexIDMap2):
-            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            return ids[~np.isin(ids, self._removed)] if len(self._removed) else ids
         invlists = self._index.invlists
         return np.concatenate(
             [np.zeros(0, dtype=np.int64)]
@@ -150,17 +139,26 @@ class VectorIndex:
         self._search_index = None
         if self.trained_kind != "hnsw":
             return self._index.remove_ids(faiss.IDSelectorBatch(ids))
-        # HNSW graphs cannot delete: rebuild from the vectors that stay.
-        stored = self.ids()
-        keep = stored[~np.isin(stored, ids)]
-        vectors = (
-            np.stack([_array(self._index.reconstruct(int(i))) for i in keep]) if len(keep) else None
-        )
-        self._index = self._empty()
-        self._apply_search_params()
-        if vectors is not None:
-            self._index.add_with_ids(vectors, keep)
-        return len(stored) - len(keep)
+        gone = np.intersect1d(self.ids(), ids)
+        self._removed = np.union1d(self._removed, gone)
+        return len(gone)
+
+    @property
+    def tombstones(self) -> int:
+        """How many removed ids an HNSW graph still holds (skipped by searches)."""
+        return len(self._removed)
+
+    def compacted(self) -> VectorIndex:
+        """This index without tombstones: an HNSW graph rebuilt from the vectors that stay,
+        read back in one call; any other index as it is."""
+        if not len(self._removed):
+            return self
+        stored = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        vectors = _array(self._index.index.reconstruct_n(0, len(stored)))
+        keep = ~np.isin(stored, self._removed)
+        fresh = VectorIndex(self.dim, self.spec)
+        fresh.add(vectors[keep], stored[keep])
+        return fresh
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most similar stored vectors of each query: ``(scores, ids)``, each ``(m, k)``.
@@ -170,20 +168,43 @@ class VectorIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         if len(self) == 0:
             raise KshotError("the index is empty")
+        if len(self._removed):
+            return self._search_skipping_tombstones(queries, k)
         if self._search_index is None:
             gpu = to_gpu(self._index, self.spec.kind) if self.spec.use_gpu else None
             self._search_index = gpu if gpu is not None else self._index
         return self._search_index.search(queries, k)
 
-    def save(self, path: Path) -> None:
-        with atomic_path(Path(path)) as tmp:
-            faiss.write_index(self._index, str(tmp))
+    def _search_skipping_tombstones(self, queries: np.ndarray, k: int):
+        removed = faiss.IDSelectorBatch(self._removed)
+        kept = faiss.IDSelectorNot(removed)
+        params = faiss.SearchParametersHNSW(sel=kept, efSearch=self.spec.hnsw_ef_search)
+        # The plain numpy search: faiss.contrib.torch_utils (imported by pytorch-metric-learning)
+        # replaces ``search`` with one that takes no search parameters.
+        search = getattr(self._index, "search_numpy", self._index.search)
+        return search(queries, k, params=params)
+
+    def save(self, path: Path, header: dict | None = None) -> None:
+        """Write the index to ``path`` atomically, after a small JSON ``header`` (what it
+        reflects: the catalogue stamp) and the HNSW tombstones, in one file."""
+        with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
+            write_header(handle, dict(header or {}, removed=self._removed.tolist()))
+            faiss.write_index(self._index, faiss.PyCallbackIOWriter(handle.write))
 
     @classmethod
     def load(cls, path: Path, spec: IndexSpec) -> VectorIndex:
+        """The index saved at ``path`` (also a bare FAISS file, as libraries held before the
+        header existed: its ``header`` is then empty)."""
         try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as exc:
-            reason = str(exc).strip().splitlines()[-1]
+            with open(path, "rb") as handle:
+                head = read_header(handle) or {}
+                index = faiss.read_index(faiss.PyCallbackIOReader(handle.read))
+        except OSError as exc:
+            raise KshotError(
+                f"{path}: not a readable FAISS index ({os_error_reason(exc)})"
+            ) from None
+        except (RuntimeError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise KshotError(f"{path}: not a readable FAISS index ({reason})") from None
-        return cls(index.d, spec, index)
+        removed = np.asarray(head.pop("removed", []), np.int64)
+        return cls(index.d, spec, index, removed, head)

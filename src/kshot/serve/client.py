@@ -86,11 +86,14 @@ class Client:
         images: Sequence[Image],
         top_k: int = 5,
         threshold: float | None = None,
-        method: str = "prototype",
+        method: str | None = None,
         neighbours: int = 10,
     ) -> list[dict]:
-        """One result per image, in order: the fields of ``kshot query --json`` and more."""
-        params = {"top_k": top_k, "method": method, "neighbours": neighbours}
+        """One result per image, in order: the fields of ``kshot query --json`` and more;
+        ``method`` and ``threshold`` None: the library's own."""
+        params = {"top_k": top_k, "neighbours": neighbours}
+        if method is not None:
+            params["method"] = method
         if threshold is not None:
             params["threshold"] = threshold
         path = f"{self._library(library)}/query?{urllib.parse.urlencode(params)}"

@@ -174,9 +174,16 @@ async def query(
     top_k: Annotated[int, Query(ge=1, le=100, description="Classes listed per image")] = 5,
     threshold: Annotated[
         float | None,
-        Query(allow_inf_nan=False, description='"unknown" when the best score is under this'),
+        Query(
+            ge=0,
+            le=1,
+            description='"unknown" when the best confidence is under this (default: the '
+            "library's own; 0: never)",
+        ),
     ] = None,
-    method: Annotated[Method, Query()] = Method.prototype,
+    method: Annotated[
+        Method | None, Query(description="The decision rule (default: the library's own)")
+    ] = None,
     neighbours: Annotated[int, Query(ge=1, le=1000, description="k of method=knn")] = 10,
     nearest: Annotated[
         int, Query(ge=0, le=20, description="Most similar enrolled images listed")
@@ -189,7 +196,8 @@ async def query(
     uploads, prepared = await _prepared(request, served)
 
     def answer(library, vectors):
-        decisions = library.decisions(vectors, method.value, top_k, threshold, neighbours)
+        settings = library.settings_for(method.value if method else None, neighbours)
+        decisions = library.decisions(vectors, settings, top_k, threshold)
         return decisions, _nearest(library, vectors, nearest)
 
     decisions, near = await _batched(served, prepared.pixels, answer)
@@ -245,7 +253,10 @@ async def enroll(request: Request, name: str, label: str):
         # Kept and enrolled in one call on the library's thread: a class forgotten meanwhile
         # cannot prune an upload between the two.
         paths = [store(served.root, upload) for upload in good]
-        return paths, library.enroll([(path, label) for path in paths])
+        report = library.enroll([(path, label) for path in paths])
+        if report.errors:  # a refused image's upload goes, unless it is another's
+            prune(served.root, library.entries().sources)
+        return paths, report
 
     try:
         paths, report = await served.call(add)

@@ -1,0 +1,119 @@
+"""Looking after a library: ``kshot info``, ``kshot compact``, and ``kshot forget --image``.
+``info`` and ``forget`` read the library without importing torch or FAISS."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import typer
+
+from kshot.cli.console import outcome, say
+from kshot.cli.options import AsJson, LibraryDir
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def forget_images(store, images: list[str]) -> int:
+    """Remove each of ``images`` (an enrolled path, or a SHA-256) from ``store``; a path is
+    matched by where it was enrolled from and, if it can be read, by its bytes."""
+    from kshot.embedder.images import file_sha256
+
+    keys_of: dict[str, set[str]] = {}
+    for given in images:
+        if _SHA256.fullmatch(given.lower()):
+            keys_of[given] = {given.lower()}
+            continue
+        path = Path(given)
+        keys_of[given] = {str(path.resolve())} | ({file_sha256(path)} - {None})
+    removed = store.forget_images(sorted(set().union(*keys_of.values())))
+    for row in removed:
+        say(f"forgot {row.source} ({row.label!r}, sha256 {row.sha256[:12]})")
+    matched = {
+        given for given, keys in keys_of.items() for r in removed if keys & {r.source, r.sha256}
+    }
+    for given in keys_of.keys() - matched:
+        say(f"kshot: {given}: no enrolled image has this path or these bytes")
+    return outcome(len(matched), len(keys_of) - len(matched))
+
+
+def info(library: LibraryDir, as_json: AsJson = False):
+    """What a library holds: model, embedding size, index, classes and images, disk use."""
+    import json
+
+    from kshot.fewshot.store import INDEX, LibraryStore
+    from kshot.index.header import header_of
+
+    store = LibraryStore.open_store(library)
+    manifest, counts = store.manifest, store.classes()
+    try:
+        header = header_of(store.root / INDEX)
+    except (OSError, ValueError):
+        header = None
+    index = {"kind": manifest.index.kind}
+    if header is not None and "last_id" in header:
+        index["current"] = header.get("stamp") == store.catalogue.stamp()
+        index["tombstones"] = len(header.get("removed", []))
+    details = {
+        "library": str(library),
+        "model": dict(manifest.model, sha256=manifest.model_sha256),
+        "embedding_dim": manifest.embedding_dim,
+        "index": index,
+        "classes": len(counts),
+        "images": sum(n for _, n in counts),
+        "disk_bytes": store.disk_use(),
+        "decision": _decision(store) if counts else None,
+        "tta": list(manifest.tta),
+    }
+    if as_json:
+        typer.echo(json.dumps(details, ensure_ascii=False))
+        return
+    model = details["model"]
+    backbone = model.get("backbone", "not recorded (library made before kshot recorded it)")
+    trained = {True: ", trained", False: ", untrained"}.get(model.get("trained"), "")
+    saved = {
+        True: "saved index current",
+        False: "saved index behind the catalogue (caught up "
+        "in memory; a write or kshot compact saves it)",
+    }.get(index.get("current"), "")
+    typer.echo(f"library     {library}")
+    typer.echo(f"model       {backbone}{trained}; sha256 {manifest.model_sha256[:16]}")
+    typer.echo(f"embeddings  {manifest.embedding_dim} dimensions")
+    typer.echo(f"index       {manifest.index.kind}" + (f"; {saved}" if saved else ""))
+    typer.echo(f"contents    {details['images']} image(s) in {details['classes']} class(es)")
+    decision = details["decision"]
+    if decision is not None:
+        threshold = decision["threshold"]
+        typer.echo(
+            f"decisions   {decision['method']} (centring: {decision['centre']}); unknown below "
+            + ("no threshold of its own" if threshold is None else f"confidence {threshold:.3f}")
+        )
+    disk = details["disk_bytes"]
+    typer.echo(
+        f"disk        {sum(disk.values()) / 1e6:.1f} MB ("
+        + ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in disk.items())
+        + ")"
+    )
+
+
+def _decision(store) -> dict:
+    """How the library decides now, and its own threshold (fitted if the saved one is stale)."""
+    decider = store.decider()
+    calibration = decider.calibration
+    return {
+        "method": decider.settings.method,
+        "centre": decider.settings.centre,
+        "threshold": calibration.threshold,
+        "known_rejected": calibration.known_rejected,
+        "unknown_accepted": calibration.unknown_accepted,
+    }
+
+
+def compact(library: LibraryDir):
+    """Save the library's index as its catalogue stands (folding in the changes made since it
+    was saved, and dropping what an HNSW graph still holds of removed images)."""
+    from kshot.fewshot.library import Library
+
+    lib = Library.open(library, device="cpu")
+    folded = lib.compact()
+    say(f"saved {library}'s index: {len(lib.index)} vector(s), {folded} change(s) folded in")

@@ -1,0 +1,36 @@
+"""Which FAISS index a library uses and how it is searched: read without importing FAISS, so that
+commands that only read a library's manifest start fast."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from kshot.errors import KshotError
+
+KINDS = ("flat", "hnsw", "ivfpq")
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """Which FAISS index to build and how to search it."""
+
+    kind: str = "flat"
+    hnsw_m: int = 32  # graph degree
+    hnsw_ef_search: int = 128
+    ivf_nprobe: int = 16  # inverted lists visited per query
+    # 39 x 256: FAISS's minimum of training points for 8-bit PQ codebooks.
+    ivf_train_size: int = 9984
+    use_gpu: bool = True
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise KshotError(f"unknown index kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.ivf_train_size < 256:  # 8-bit PQ codebooks have 256 centroids
+            raise KshotError("ivf_train_size must be at least 256")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> IndexSpec:
+        return cls(**data)
