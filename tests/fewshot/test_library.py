@@ -111,6 +111,22 @@ def test_manifest_json_round_trip():
     )
 
 
+def test_manifest_records_the_precision_and_reads_older_ones_as_fp32(tmp_path):
+    manifest = Manifest("ab" * 32, 64, IndexSpec(), precision="bf16")
+    data = json.loads(manifest.to_json())
+    assert data["precision"] == "bf16"
+    path = tmp_path / "manifest.json"
+    path.write_text(manifest.to_json())
+    assert Manifest.read(path) == manifest
+    del data["precision"]  # a library made before precisions were recorded
+    path.write_text(json.dumps(data))
+    assert Manifest.read(path).precision == "fp32"
+    data["precision"] = "fp8"
+    path.write_text(json.dumps(data))
+    with pytest.raises(KshotError, match="unknown precision"):
+        Manifest.read(path)
+
+
 def test_create_into_an_existing_empty_directory(root, conv4_embedder):
     root.mkdir()
     Library.create(root, conv4_embedder, {}, SPEC, device="cpu")
@@ -352,15 +368,12 @@ def test_query_unknown_method(library, photos):
 
 @pytest.mark.parametrize("method", ["prototype", "knn"])
 def test_decisions_on_embedded_queries_are_the_query_answers(library, photos, method):
-    from kshot.embedder.inference import embed_files
-
     paths = all_paths(photos)
-    vectors = embed_files(library.embedder, paths).vectors
-    decisions = library.decisions(vectors, method, top_k=2, threshold=0.99, neighbours=3)
-    queried = library.query(paths, method=method, top_k=2, threshold=0.99, neighbours=3)
+    vectors = library.embed(paths).vectors
+    settings = library.settings_for(method, neighbours=3)
+    decisions = library.decisions(vectors, settings, top_k=2, threshold=0.5)
+    queried = library.query(paths, method=method, top_k=2, threshold=0.5, neighbours=3)
     assert decisions == [result.decision for result in queried]
-    with pytest.raises(KshotError, match="unknown method"):
-        library.decisions(vectors, "svm")
 
 
 def test_knn_with_fewer_images_than_neighbours(root, conv4_embedder, photos):
@@ -839,3 +852,10 @@ def test_a_path_with_a_newline(tmp_path, conv4_embedder, make_image):
     assert lib.entries().sources == [str(image.resolve())]
     assert [r.label for r in lib.forget_images([str(image.resolve())])] == ["odd"]
     assert lib.classes() == []
+
+
+def test_the_manifest_knows_the_precisions_the_embedder_has():
+    from kshot.embedder.precision import PRECISIONS as EMBEDDER_PRECISIONS
+    from kshot.fewshot.store import PRECISIONS
+
+    assert PRECISIONS == EMBEDDER_PRECISIONS

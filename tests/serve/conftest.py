@@ -39,12 +39,12 @@ def png_bytes(pattern: str, seed: int, size: int = 32) -> bytes:
     return buffer.getvalue()
 
 
-def build_library(root: Path, per_class: int = 3) -> Path:
+def build_library(root: Path, per_class: int = 3, tta: tuple[str, ...] = ()) -> Path:
     """A conv4 library (seeded, untrained) with ``per_class`` images of each test class."""
     torch.manual_seed(0)
     config = EmbedderConfig.for_backbone("conv4", embedding_dim=None)
     embedder = build_embedder(config, pretrained=False)
-    library = Library.create(root, embedder, {}, IndexSpec(kind="flat"), device="cpu")
+    library = Library.create(root, embedder, {}, IndexSpec(kind="flat"), device="cpu", tta=tta)
     items = [
         (make_image(root.parent / "enrolled" / name / f"{i}.png", name, i), name)
         for name in CLASSES

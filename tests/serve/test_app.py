@@ -51,6 +51,23 @@ def test_query_answers_as_the_library_does_with_id_model_and_latency(client, lib
         assert result["nearest"][0]["label"] == result["label"] and len(result["nearest"]) == 3
 
 
+@pytest.mark.parametrize("tta", [("hflip",), ("full", "vflip")])
+def test_a_library_with_tta_views_answers_as_it_does_locally(tmp_path, make_client, tta):
+    from tests.serve.conftest import build_library
+
+    root = build_library(tmp_path / "views", tta=tta)
+    client = make_client(Settings(libraries=(root,), device="cpu"))
+    (tmp_path / "q.png").write_bytes(png_bytes("corner", 61, size=40))
+    served = client.post(
+        "/v1/libraries/views/query",
+        params={"threshold": 0},
+        files=files(("q.png", png_bytes("corner", 61, size=40))),
+    ).json()["results"][0]
+    (local,) = Library.open(root, device="cpu").query([tmp_path / "q.png"], threshold=0)
+    assert served["label"] == local.decision.label == "corner"
+    assert served["score"] == pytest.approx(local.decision.score, abs=1e-5)
+
+
 def test_query_parameters_pass_through(client):
     image = files(("q.png", png_bytes("bars", 60)))
     knn = client.post(QUERY, params={"method": "knn", "neighbours": 3}, files=image).json()

@@ -65,7 +65,8 @@ class ServedLibrary:
 
         library = Library.open(self.root, device=self.settings.device)
         config = library.embedder.config.preprocess
-        shape = (1, config.channels, config.input_size, config.input_size)
+        views = (1 + len(library.manifest.tta),) if library.manifest.tta else ()
+        shape = (1, *views, config.channels, config.input_size, config.input_size)
         embed_batch(library.embedder, torch.zeros(shape))  # the first pass allocates: do it now
         self.library = library
         self._update_sizes()

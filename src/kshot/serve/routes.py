@@ -100,8 +100,9 @@ async def _prepared(request: Request, served: ServedLibrary):
     limits = request.app.state.settings.limits
     uploads = await read_uploads(request, limits)
     decoding = request.app.state.decoding
+    views = tuple(served.library.manifest.tta)
     prepared = await asyncio.get_running_loop().run_in_executor(
-        decoding, prepare, uploads, served.preprocess, limits.max_pixels
+        decoding, prepare, uploads, served.preprocess, limits.max_pixels, views
     )
     if not prepared.indices:
         raise refusal(prepared.errors[0][1])

@@ -22,6 +22,7 @@ from starlette.requests import Request
 
 from kshot.atomic import atomic_path
 from kshot.embedder.images import ImageTooLarge, decode_image
+from kshot.embedder.tta import view_pixels
 from kshot.errors import InputError
 from kshot.serve.errors import ApiError
 from kshot.serve.settings import Limits
@@ -116,8 +117,12 @@ class Prepared:
     errors: list[tuple[int, InputError]]
 
 
-def prepare(uploads: list[Upload], config, max_pixels: int) -> Prepared:
-    """Decode and prepare each upload for the embedder (run on a worker thread: it is CPU work)."""
+def prepare(
+    uploads: list[Upload], config, max_pixels: int, views: tuple[str, ...] = ()
+) -> Prepared:
+    """Decode and prepare each upload for the embedder (run on a worker thread: it is CPU work);
+    with the library's TTA ``views``, each image is its stack of views, as ``embed_files``
+    prepares it."""
     tensors, indices, errors = [], [], []
     for i, upload in enumerate(uploads):
         try:
@@ -127,7 +132,10 @@ def prepare(uploads: list[Upload], config, max_pixels: int) -> Prepared:
         except InputError as exc:
             errors.append((i, exc))
             continue
-        tensors.append(config.prepare(loaded.image))
+        if views:
+            tensors.append(config.normalize(view_pixels(config, loaded.image, views)))
+        else:
+            tensors.append(config.prepare(loaded.image))
         indices.append(i)
     shape = (0, config.channels, config.input_size, config.input_size)
     return Prepared(torch.stack(tensors) if tensors else torch.zeros(shape), indices, errors)
