@@ -12,12 +12,13 @@ must stay small next to it. This script measures, for each backbone and photo si
    Median of R runs after warm-up, interleaved with the queries below so that both see the same
    machine state (a 2-core machine with other work on it drifts).
 2. single-image query, end to end through the real API: ``Library.query([path])`` on a library
-   holding ~20 enrolled images in 4 classes (prototype method); median over R different files
+   holding ~20 enrolled images in 4 classes (the library's default decision); median over R
+   different files
    after warm-up. The same file's parts are timed separately with the functions the pipeline
    uses: decode (``config.read``), preprocess
    (``config.prepare``), embed (``embed_batch``: the full embedder with head and L2 norm) and
-   search (the prototype decision exactly as ``Library.query`` runs it: class counts from the
-   catalogue, similarities to the cached prototypes, ``decide``). "other" is the query's median
+   search (the decision exactly as ``Library.query`` runs it: class counts from the catalogue,
+   the fitted rule's scores and confidences, ``decide``). "other" is the query's median
    minus the parts' medians: the per-call setup (batching, collate, results).
    Target: query <= 1.2x bare forward on 500x500 photos, <= 1.5x on 12MP phone photos.
 3. batch enrollment: ``Library.enroll`` of N images into a fresh library (its model already
@@ -65,7 +66,6 @@ from kshot.embedder.images import class_folders
 from kshot.embedder.inference import embed_batch
 from kshot.embedder.model import Embedder, EmbedderConfig, build_embedder
 from kshot.embedder.runtime import tune_allocator
-from kshot.fewshot.decision import decide
 from kshot.fewshot.library import Library
 from kshot.index.vector_index import IndexSpec
 
@@ -257,10 +257,10 @@ def make_embedder(name: str) -> Embedder:
 
 
 def search_part(library: Library, vectors: np.ndarray) -> None:
-    """The prototype decision as ``Library.query`` makes it, on already embedded ``vectors``."""
+    """The library's own decision as ``Library.query`` makes it, on already embedded
+    ``vectors``."""
     library.classes()
-    for scores in library.scores(vectors, "prototype"):
-        decide(scores, 5, None)
+    library.decisions(vectors, top_k=5)
 
 
 def query_parts(library: Library, path: Path, transform: Callable) -> tuple[dict, torch.Tensor]:

@@ -471,13 +471,14 @@ class Library(LibraryStore):
     ) -> tuple[Decider, np.ndarray]:
         """The fitted decision and the confidences ``(Q, C)`` of embedded queries
         ``vectors (Q, D)`` over its classes."""
-        decider = self.decider(settings)
-        if decider is None:
-            raise KshotError(f"{self.root} has no enrolled images yet: enroll some first")
-        if decider.settings.method == "knn":
-            scores = self._knn_scores(decider, vectors)
-        else:
-            scores = decider.scores(vectors)
+        with self.catalogue.snapshot():  # the rule, the index and the labels of one state
+            decider = self.decider(settings)
+            if decider is None:
+                raise KshotError(f"{self.root} has no enrolled images yet: enroll some first")
+            if decider.settings.method == "knn":
+                scores = self._knn_scores(decider, vectors)
+            else:
+                scores = decider.scores(vectors)
         return decider, decider.confidences(scores)
 
     def _knn_scores(self, decider: Decider, vectors: np.ndarray) -> np.ndarray:
