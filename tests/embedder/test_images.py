@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from kshot.embedder import images
-from kshot.embedder.images import list_images, read_image
+from kshot.embedder.images import ImageTooLarge, decode_image, list_images, read_image
 from kshot.errors import InputError
 
 EXIF_ORIENTATION = 0x0112
@@ -377,3 +377,14 @@ def test_file_sha256(tmp_path):
     path.write_bytes(b"abc" * 1000)
     assert images.file_sha256(path) == hashlib.sha256(b"abc" * 1000).hexdigest()
     assert images.file_sha256(tmp_path / "absent") is None
+
+
+def test_decode_image_reads_bytes_in_memory_with_its_own_pixel_limit(make_image, tmp_path):
+    data = make_image(tmp_path / "photo.png", size=(40, 30), color=(10, 20, 30)).read_bytes()
+    loaded = decode_image(data, "upload 1", 16, 3, digest=True)
+    assert loaded.image.size == (40, 30) and loaded.image.mode == "RGB"
+    assert loaded.sha256 == hashlib.sha256(data).hexdigest()
+    with pytest.raises(ImageTooLarge, match=r"upload 1: .*40x30 pixels is over the limit of 1,000"):
+        decode_image(data, "upload 1", 16, 3, max_pixels=1000)
+    with pytest.raises(InputError, match="upload 2: not an image"):
+        decode_image(b"plain text", "upload 2", 16, 3)

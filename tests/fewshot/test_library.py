@@ -366,6 +366,16 @@ def test_query_unknown_method(library, photos):
         library.query([photos["potato"][0]], method="svm")
 
 
+@pytest.mark.parametrize("method", ["prototype", "knn"])
+def test_decisions_on_embedded_queries_are_the_query_answers(library, photos, method):
+    paths = all_paths(photos)
+    vectors = library.embed(paths).vectors
+    settings = library.settings_for(method, neighbours=3)
+    decisions = library.decisions(vectors, settings, top_k=2, threshold=0.5)
+    queried = library.query(paths, method=method, top_k=2, threshold=0.5, neighbours=3)
+    assert decisions == [result.decision for result in queried]
+
+
 def test_knn_with_fewer_images_than_neighbours(root, conv4_embedder, photos):
     lib = Library.create(root, conv4_embedder, {}, SPEC, device="cpu")
     lib.enroll([(photos["potato"][0], "potato")])

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from kshot.cli import inspection, maintenance, render, train_command
+from kshot.cli import inspection, maintenance, render, serve_command, train_command
 from kshot.cli.console import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -257,19 +257,51 @@ def query(
     as_json: AsJson = False,
     precision: LibraryPrecision = None,
     device: Device = "auto",
+    server: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask a running `kshot serve` at this URL instead; LIBRARY is then its name "
+            "there. The key, if one is needed, comes from KSHOT_API_KEY.",
+        ),
+    ] = None,
 ):
     """Classify images against a library's classes."""
     from kshot.embedder.images import images_in
     from kshot.fewshot.library import QueryResult
 
+    chosen = method.value if method is not None else None
+    if server is not None:
+        return _query_server(server, library, images, top_k, chosen, threshold, neighbours, as_json)
+
     paths, refused = images_in(images)
     lib = open_library(library, precision and precision.value, paths, device, model)
     with progress("querying", len(paths)) as advance:
-        chosen = method.value if method is not None else None
         results = lib.query(paths, chosen, top_k, threshold, neighbours, advance)
     results += [QueryResult(error.source, error=error) for error in refused]
     render.query_results(results, as_json)
     failed = sum(r.error is not None for r in results)
+    return outcome(len(results) - failed, failed)
+
+
+def _query_server(url, library, images, top_k, method, threshold, neighbours, as_json) -> int:
+    """``kshot query --server``: the images sent to a running ``kshot serve``, its answers
+    printed as the local ones are."""
+    import os
+
+    from kshot.embedder.images import images_in
+    from kshot.errors import InputError
+    from kshot.serve.client import Client
+
+    found, refused = images_in(images)
+    paths = [path for path in found if Path(path).is_file()]
+    refused += [InputError(path, "does not exist") for path in found if path not in paths]
+    client = Client(url, api_key=os.environ.get("KSHOT_API_KEY"))
+    results = (
+        client.query(str(library), paths, top_k, threshold, method, neighbours) if paths else []
+    )
+    results += [{"image": error.source, "error": error.reason} for error in refused]
+    render.query_result_lines(results, as_json)
+    failed = sum("error" in result for result in results)
     return outcome(len(results) - failed, failed)
 
 
@@ -415,6 +447,7 @@ for extra in (
     inspection.outliers,
     maintenance.info,
     maintenance.compact,
+    serve_command.serve,
 ):
     command(extra)
 

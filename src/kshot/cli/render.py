@@ -37,23 +37,37 @@ def query_result_json(result) -> dict:
 
 
 def query_results(results: Sequence, as_json: bool) -> None:
-    """One line per image: a JSON object (:func:`query_result_json`), or for people the answer,
-    its confidence and the next classes."""
+    """One line per image, from :func:`query_result_json`."""
+    query_result_lines([query_result_json(result) for result in results], as_json)
+
+
+def query_result_lines(results: Sequence[dict], as_json: bool) -> None:
+    """One line per image's JSON answer (a local one, or a server's): the JSON object itself,
+    or for people the answer, its confidence and the next classes (an error on stderr)."""
     for result in results:
         if as_json:
-            _json_line(query_result_json(result))
-        elif result.error is not None:
-            say(f"kshot: {result.error}")
+            _json_line(result)
+        elif "error" in result:
+            say(f"kshot: {result['image']}: {result['error']}")
         else:
-            decision = result.decision
-            others = ", ".join(f"{label} {score:.3f}" for label, score in decision.top_k[1:])
-            answer = decision.label
-            if decision.label == UNKNOWN and decision.top_k:
-                answer += f" (nearest: {decision.top_k[0][0]})"
-            if decision.group is not None:
-                answer = f"{decision.group}: {answer}"
-            line = f"{result.image}\t{answer}\t{decision.score:.3f}"
+            top = result["top_k"]
+            others = ", ".join(f"{t['label']} {t['score']:.3f}" for t in top[1:])
+            answer = result["label"]
+            if answer == UNKNOWN and top:
+                answer += f" (nearest: {top[0]['label']})"
+            if result.get("group") is not None:
+                answer = f"{result['group']}: {answer}"
+            line = f"{result['image']}\t{answer}\t{result['score']:.3f}"
             typer.echo(line + (f"\t(then: {others})" if others else ""))
+
+
+def enroll_report_json(report) -> dict:
+    """The JSON object of an enrollment, for ``kshot enroll --json`` and the server alike."""
+    return {
+        "added": [{"image": image, "label": label} for image, label in report.added],
+        "duplicates": [{"image": image, "label": label} for image, label in report.duplicates],
+        "errors": [{"image": e.source, "error": e.reason} for e in report.errors],
+    }
 
 
 def decision_summary(decider) -> None:
@@ -76,15 +90,7 @@ def decision_summary(decider) -> None:
 
 def enroll_report(report, as_json: bool) -> None:
     if as_json:
-        _json_line(
-            {
-                "added": [{"image": image, "label": label} for image, label in report.added],
-                "duplicates": [
-                    {"image": image, "label": label} for image, label in report.duplicates
-                ],
-                "errors": [{"image": e.source, "error": e.reason} for e in report.errors],
-            }
-        )
+        _json_line(enroll_report_json(report))
         return
     for error in report.errors:
         say(f"kshot: {error}")

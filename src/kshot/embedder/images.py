@@ -24,6 +24,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".t
 MAX_PIXELS = 150_000_000
 
 
+class ImageTooLarge(InputError):
+    """An image refused for its pixel count (a possible decompression bomb)."""
+
+
 @dataclass(frozen=True)
 class LoadedImage:
     image: Image.Image
@@ -46,8 +50,23 @@ def read_image(path: str | Path, min_side: int, channels: int, digest: bool = Fa
         raise InputError(path, "does not exist") from None
     except OSError as exc:  # permissions, I/O errors: this file fails, its batch goes on
         raise InputError(path, f"cannot be read: {os_error_reason(exc)}") from None
+    return decode_image(data, path, min_side, channels, digest)
+
+
+def decode_image(
+    data: bytes,
+    source: str | Path,
+    min_side: int,
+    channels: int,
+    digest: bool = False,
+    max_pixels: int | None = None,
+) -> LoadedImage:
+    """:func:`read_image` for bytes already in memory (an upload); ``source`` names them in
+    errors. Images of more than ``max_pixels`` (default ``MAX_PIXELS``) are refused before
+    they are decoded."""
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if not data:
-        raise InputError(path, "empty file (0 bytes)")
+        raise InputError(source, "empty file (0 bytes)")
     sha = hashlib.sha256(data).hexdigest() if digest else None
     try:
         with warnings.catch_warnings():
@@ -55,22 +74,22 @@ def read_image(path: str | Path, min_side: int, channels: int, digest: bool = Fa
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise InputError(
-                    path,
+            if width * height > max_pixels:
+                raise ImageTooLarge(
+                    source,
                     f"refused as a possible decompression bomb: {width}x{height} pixels "
-                    f"is over the limit of {MAX_PIXELS:,}",
+                    f"is over the limit of {max_pixels:,}",
                 )
             img.draft(None, (min_side, min_side))
             img.load()
     except InputError:
         raise
     except UnidentifiedImageError:
-        raise InputError(path, "not an image file that can be decoded") from None
+        raise InputError(source, "not an image file that can be decoded") from None
     except Image.DecompressionBombError as exc:
-        raise InputError(path, f"refused as a possible decompression bomb: {exc}") from None
+        raise ImageTooLarge(source, f"refused as a possible decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(path, f"cannot decode image: {exc}") from None
+        raise InputError(source, f"cannot decode image: {exc}") from None
     return LoadedImage(_to_mode(_upright(img), channels), sha)
 
 
