@@ -131,9 +131,7 @@ class Library(LibraryStore):
     def open(cls, root: Path, model: Path | None = None, device: str = "auto") -> Library:
         """Open the library at ``root``; ``model``, if given, must be the one it is bound to."""
         root = Path(root)
-        store = cls.open_store(root)
-        library = cls(root, store.manifest, device)
-        store.catalogue.close()
+        library = cls(root, cls.read_manifest(root), device)
         if model is not None:
             other, _ = load_checkpoint(model)
             if model_hash(other) != library.manifest.model_sha256:
@@ -180,12 +178,12 @@ class Library(LibraryStore):
         catalogue's journal; if neither can be read or it does not match, it is rebuilt from the
         catalogue. All of it reads one snapshot of the catalogue.
         """
+        # Read outside the snapshot: a large file must not hold writers back. Whatever it
+        # reflects was committed before, and the journal brings it up to the snapshot.
+        state = self._index_state or self._saved_index()
         with self.catalogue.snapshot():
             stamp = self.catalogue.stamp()
-            state = self._index_state
-            if state is not None and state.stamp == stamp:
-                return state.index
-            state = self._caught_up(state or self._saved_index(), stamp)
+            state = self._caught_up(state, stamp)
             self._index_state = state or self._rebuilt(stamp)
         return self._index_state.index
 
