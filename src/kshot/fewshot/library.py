@@ -114,7 +114,7 @@ class Library(LibraryStore):
             raise StorageError.from_os(exc, root) from None
         digest = save_checkpoint(embedder, root / MODEL, info)
         catalogue = Catalogue(root / CATALOGUE, embedder.embedding_dim, create=True)
-        model = {"backbone": embedder.config.backbone, "trained": bool(info.get("trained", True))}
+        model = {"backbone": embedder.config.backbone, "trained": info.get("trained")}
         manifest = Manifest(
             digest, embedder.embedding_dim, spec, catalogue.library_id(), model=model
         )
