@@ -188,10 +188,11 @@ def main() -> None:
     parser.add_argument("--enrolls", type=int, default=100)
     parser.add_argument("--cache", type=Path, default=None, help="npz of the feature maps")
     args = parser.parse_args()
+    import faiss
     import torch
 
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)  # one thread for everything: the machine is shared
+    faiss.omp_set_num_threads(1)
     started = time.perf_counter()
     maps, classes = feature_maps(args.cache)
     order = np.random.default_rng(SEED).permutation(len(maps))

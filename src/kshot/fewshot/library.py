@@ -122,7 +122,8 @@ class Library(LibraryStore):
         write_text_atomic(root / MANIFEST, manifest.to_json())  # last: it marks a whole library
         library = cls(root, manifest, device)
         with library.locked():
-            library._save_index(library._load_index())
+            library._index_state = library._rebuilt(library.catalogue.stamp())
+            library._save_index(library._index_state.index)
         # The model just saved, hash known: no need to read it back (the property's cache).
         library.__dict__["embedder"] = embedder.for_inference(library.device)
         return library
