@@ -162,10 +162,10 @@ class Catalogue:
             self._db.execute("BEGIN IMMEDIATE")
             for statement in _JOURNAL:
                 self._db.execute(statement)
-            # The image count, kept up by every write (COUNT(*) reads every row).
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) SELECT 'images', COUNT(*) FROM images"
-            )
+            # The image count, kept up by every write from the first on (COUNT(*) reads every
+            # row: done once, in the first write of a library made before the count was kept).
+            if not self._db.execute("SELECT 1 FROM meta WHERE key = 'images'").fetchall():
+                self._db.execute("INSERT INTO meta SELECT 'images', COUNT(*) FROM images")
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
