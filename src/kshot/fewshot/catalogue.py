@@ -343,6 +343,18 @@ class Catalogue:
             )
         return found
 
+    def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` of those of ``ids`` the catalogue holds, in the order given."""
+        wanted = [int(i) for i in np.ravel(ids)]
+        found: dict[int, bytes] = {}
+        for chunk in _chunks(sorted(set(wanted))):
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                self._query(f"SELECT id, vector FROM images WHERE id IN ({marks})", tuple(chunk))
+            )
+        kept = [i for i in wanted if i in found]
+        return np.array(kept, np.int64), self._vectors([found[i] for i in kept])
+
     def entries(self) -> Entries:
         rows = self._query("SELECT id, label, vector, source FROM images ORDER BY id")
         return Entries(

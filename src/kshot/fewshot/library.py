@@ -186,7 +186,9 @@ class Library(LibraryStore):
             stamp = self.catalogue.stamp()
             state = self._caught_up(state, stamp)
             self._index_state = state or self._rebuilt(stamp)
-        return self._index_state.index
+        index = self._index_state.index
+        index.exact_vectors = self.catalogue.vectors_of  # ivfpq re-ranks by them
+        return index
 
     def _saved_index(self) -> _IndexState | None:
         """``index.faiss`` as saved, and what it reflects; ``None`` if unusable (said why)."""
