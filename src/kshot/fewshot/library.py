@@ -17,6 +17,7 @@ be read or does not match is rebuilt in memory from the catalogue.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -280,14 +281,23 @@ class Library(LibraryStore):
         self._derived["index"] = index
         return None
 
-    def compact(self) -> int:
+    def compact(self, kind: str | None = None) -> int:
         """Save the index as the catalogue stands, HNSW tombstones dropped; returns how many
-        journal changes were folded into it. Raises :class:`StorageError` if it cannot save."""
+        journal changes were folded into it. With ``kind``, the index is rebuilt as that kind
+        and the manifest says so (written after the index: a crash in between leaves the old
+        manifest over an index that answers all the same). Raises :class:`StorageError` if it
+        cannot save."""
         with self.locked():
             index = self._load_index()
             folded = self._index_state.unsaved
+            if kind is not None and kind != self.manifest.index.kind:
+                spec = dataclasses.replace(self.manifest.index, kind=kind)
+                self.manifest = dataclasses.replace(self.manifest, index=spec)
+                index = self._rebuilt(self._index_state.stamp).index
             self._index_state.index = index.compacted()
             failure = self._save_index(self._index_state.index)
+            if failure is None and kind is not None:
+                write_text_atomic(self.root / MANIFEST, self.manifest.to_json())
         if failure is not None:
             raise StorageError(f"could not save the index: {failure}")
         return folded
