@@ -28,6 +28,17 @@ def photos(tmp_path, make_class_images):
     return make_class_images(tmp_path / "photos", {"a": 3, "b": 3, "c": 2})
 
 
+@pytest.fixture
+def notices(caplog, monkeypatch):
+    """kshot's notices as text (the CLI's logging set-up, if run before, stops propagation)."""
+    import logging
+
+    logger = logging.getLogger("kshot")
+    monkeypatch.setattr(logger, "propagate", True)
+    caplog.set_level(logging.INFO, logger="kshot")
+    return caplog
+
+
 def make_library(root, embedder, photos, spec=SPEC) -> Library:
     lib = Library.create(root, embedder, {}, spec, device="cpu")
     lib.enroll(items_of(photos))
@@ -170,7 +181,7 @@ def test_a_read_only_lock_file_still_locks(tmp_path, conv4_embedder, photos, mon
     assert lib.forget("c") == 2
 
 
-def test_a_failed_index_save_loses_nothing(tmp_path, conv4_embedder, photos, monkeypatch, caplog):
+def test_a_failed_index_save_loses_nothing(tmp_path, conv4_embedder, photos, monkeypatch, notices):
     import errno
 
     from kshot.index.vector_index import VectorIndex
@@ -183,9 +194,22 @@ def test_a_failed_index_save_loses_nothing(tmp_path, conv4_embedder, photos, mon
     monkeypatch.setattr(VectorIndex, "save", disk_full)
     monkeypatch.setattr(library_module, "FOLD_AFTER", 1)
     lib.enroll(items_of(photos))
-    assert "no space left on the device" in caplog.text
+    assert "no space left on the device" in notices.text
     with pytest.raises(KshotError, match="could not save the index"):
         lib.compact()
     monkeypatch.undo()
     lib = assert_consistent(root)
     assert len(lib.catalogue) == 8 and np.isfinite(lib.entries().vectors).all()
+
+
+def test_a_flat_library_growing_large_suggests_another_kind(
+    tmp_path, conv4_embedder, photos, monkeypatch, notices
+):
+    monkeypatch.setattr(library_module, "FLAT_NOTICE", 5)
+    lib = Library.create(tmp_path / "lib", conv4_embedder, {}, SPEC, device="cpu")
+    lib.enroll(items_of(photos)[:4])
+    assert "--index hnsw" not in notices.text
+    lib.enroll(items_of(photos)[4:])
+    assert notices.text.count("--index hnsw") == 1
+    lib.enroll([(photos["a"][0], "a")])  # already there: nothing new, nothing said again
+    assert notices.text.count("--index hnsw") == 1

@@ -53,9 +53,9 @@ __all__ = ["CATALOGUE", "INDEX", "LOCK", "MANIFEST", "MODEL", "Library", "Manife
 log = logging.getLogger("kshot")
 
 FOLD_AFTER = 1000  # journal changes after which a writer saves the index again
-ENROLL_BATCH = (
-    256  # images embedded, then committed, at a time: an interrupt keeps the batches done
-)
+# Images embedded, then committed, at a time: an interrupt keeps the batches done.
+ENROLL_BATCH = 256
+FLAT_NOTICE = 200_000  # images from which a flat index is slow enough to suggest another kind
 
 Progress = Callable[[int], None]
 
@@ -322,6 +322,17 @@ class Library(LibraryStore):
                 self._enroll_batch(batch, report, on_progress, allow_relabel)
         except KeyboardInterrupt:
             report.interrupted = True
+        if report.added and self.manifest.index.kind == "flat":
+            count = len(self.catalogue)
+            if count >= FLAT_NOTICE > count - len(report.added):
+                log.info(
+                    "%s now holds %d images in a flat index, which compares a query with every "
+                    "one of them (33 ms at 370,000 on one core, BENCHMARKS.md); `kshot compact "
+                    "%s --index hnsw` makes it a graph that answers in well under a millisecond",
+                    self.root,
+                    count,
+                    self.root,
+                )
         return report
 
     def _enroll_batch(
