@@ -37,7 +37,7 @@ import numpy as np
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "plantvillage-leaf38"
 DIM, QUERIES, SEED = 128, 200, 0
 MIN_CELLS = 3  # the smallest window side, in feature-map cells
-WIDER = {"hnsw": ("hnsw_ef_search", 512), "ivfpq": ("ivf_nprobe", 64)}
+WIDER = {"hnsw": ("hnsw_ef_search", 1024), "ivfpq": ("ivf_nprobe", 64)}
 
 
 def feature_maps(cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +92,7 @@ def windows(maps: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def make_library(root: Path, kind: str, vectors: np.ndarray, labels: list[str]):
+def make_library(root: Path, kind: str, vectors: np.ndarray, labels: list[str], **spec):
     """A kshot library of ``kind`` holding ``vectors``; returns it and its build time (s)."""
     import torch
 
@@ -103,7 +103,8 @@ def make_library(root: Path, kind: str, vectors: np.ndarray, labels: list[str]):
 
     torch.manual_seed(SEED)  # the model is never run: it only sets the library's dimension
     embedder = build_embedder(EmbedderConfig.for_backbone("conv4", embedding_dim=DIM), False)
-    lib = Library.create(root, embedder, {}, IndexSpec(kind=kind, use_gpu=False), device="cpu")
+    spec = IndexSpec(kind=kind, use_gpu=False, **spec)
+    lib = Library.create(root, embedder, {}, spec, device="cpu")
     for start in range(0, len(vectors), 20_000):
         lib.catalogue.add(
             [
@@ -156,7 +157,7 @@ def measure(kind: str, size: int, pool: np.ndarray, labels: list[str], queries, 
 
     root = Path(tempfile.mkdtemp(prefix=f"kshot-scale-{kind}-{size}-"))
     try:
-        lib, build_s = make_library(root / "lib", kind, pool[:size], labels[:size])
+        lib, build_s = make_library(root / "lib", kind, pool[:size], labels[:size], **args.spec)
         exact = np.argsort(-(queries @ pool[:size].T), axis=1)[:, :10] + 1  # ids start at 1
         searches = {"default": search_quality(lib.index, queries, exact)}
         if kind in WIDER:  # the same index searched wider: what recall costs in time
@@ -194,7 +195,7 @@ def measure(kind: str, size: int, pool: np.ndarray, labels: list[str], queries, 
 def empty_enroll_ms(kind: str, queries: np.ndarray, args) -> tuple[float, float]:
     root = Path(tempfile.mkdtemp(prefix=f"kshot-scale-{kind}-empty-"))
     try:
-        lib, _ = make_library(root / "lib", kind, queries[:0], [])
+        lib, _ = make_library(root / "lib", kind, queries[:0], [], **args.spec)
         return enroll_ms(lib, queries[: args.enrolls], 10**9)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -206,7 +207,11 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["flat", "hnsw", "ivfpq"])
     parser.add_argument("--enrolls", type=int, default=100)
     parser.add_argument("--cache", type=Path, default=None, help="npz of the feature maps")
+    parser.add_argument(
+        "--spec", nargs="*", default=[], metavar="NAME=INT", help="IndexSpec fields to change"
+    )
     args = parser.parse_args()
+    args.spec = {name: int(value) for name, value in (item.split("=") for item in args.spec)}
     import faiss
     import torch
 

@@ -74,6 +74,7 @@ class VectorIndex:
     def _empty(self) -> faiss.Index:
         if self.spec.kind == "hnsw":
             graph = faiss.IndexHNSWFlat(self.dim, self.spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = self.spec.hnsw_ef_construction
             return faiss.IndexIDMap2(graph)
         # flat, and ivfpq until it has enough vectors to train on
         return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
