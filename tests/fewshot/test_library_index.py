@@ -213,3 +213,29 @@ def test_a_flat_library_growing_large_suggests_another_kind(
     assert notices.text.count("--index hnsw") == 1
     lib.enroll([(photos["a"][0], "a")])  # already there: nothing new, nothing said again
     assert notices.text.count("--index hnsw") == 1
+
+
+def test_compact_retrains_a_grown_ivfpq_index_on_all_its_vectors(tmp_path, conv4_embedder):
+    import faiss
+
+    from kshot.fewshot.catalogue import NewImage
+    from kshot.index.vector_index import ivfpq_layout
+
+    spec = IndexSpec(kind="ivfpq", ivf_train_size=300, use_gpu=False)
+    lib = Library.create(tmp_path / "lib", conv4_embedder, {}, spec, device="cpu")
+    vectors = np.random.default_rng(0).normal(size=(1500, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def add(rows):
+        with lib._writing():
+            lib.catalogue.add([NewImage("x", f"p{i}", f"{i:064x}", vectors[i]) for i in rows])
+
+    def lists() -> int:
+        return faiss.downcast_index(lib.index._index).nlist
+
+    add(range(300))
+    add(range(300, 1500))
+    assert lists() == ivfpq_layout(64, 300)[0]  # trained once, on the first 300
+    lib.compact()
+    assert lists() == ivfpq_layout(64, 1500)[0]
+    assert_consistent(tmp_path / "lib")

@@ -282,17 +282,23 @@ class Library(LibraryStore):
         return None
 
     def compact(self, kind: str | None = None) -> int:
-        """Save the index as the catalogue stands, HNSW tombstones dropped; returns how many
-        journal changes were folded into it. With ``kind``, the index is rebuilt as that kind
-        and the manifest says so (written after the index: a crash in between leaves the old
-        manifest over an index that answers all the same). Raises :class:`StorageError` if it
-        cannot save."""
+        """Save the index as the catalogue stands (HNSW tombstones dropped, an ivfpq index
+        retrained on all vectors); returns how many journal changes were folded into it.
+
+        With ``kind``, the index is rebuilt as that kind and the manifest says so (written after
+        the index: a crash in between leaves the old manifest over an index that answers all
+        the same). Raises :class:`StorageError` if it cannot save.
+        """
         with self.locked():
             index = self._load_index()
             folded = self._index_state.unsaved
             if kind is not None and kind != self.manifest.index.kind:
                 spec = dataclasses.replace(self.manifest.index, kind=kind)
                 self.manifest = dataclasses.replace(self.manifest, index=spec)
+                index = self._rebuilt(self._index_state.stamp).index
+            elif index.trained_kind == "ivfpq":
+                # Trained when the library reached ivf_train_size images, and grown since: its
+                # lists and codebooks retrained on every vector (recall, BENCHMARKS.md).
                 index = self._rebuilt(self._index_state.stamp).index
             self._index_state.index = index.compacted()
             failure = self._save_index(self._index_state.index)

@@ -27,7 +27,7 @@ from kshot.index.spec import KINDS, IndexSpec
 __all__ = ["KINDS", "IndexSpec", "VectorIndex", "ivfpq_layout"]
 
 
-RERANK_FACTOR = 10  # ivfpq candidates re-ranked exactly per neighbour asked for
+RERANK_FACTOR = 20  # ivfpq candidates re-ranked exactly per neighbour asked for
 
 
 def ivfpq_layout(dim: int, count: int) -> tuple[int, int]:
