@@ -238,4 +238,5 @@ def test_compact_retrains_a_grown_ivfpq_index_on_all_its_vectors(tmp_path, conv4
     assert lists() == ivfpq_layout(64, 300)[0]  # trained once, on the first 300
     lib.compact()
     assert lists() == ivfpq_layout(64, 1500)[0]
+    assert lib.index.exact_vectors is not None  # it still re-ranks by the catalogue's vectors
     assert_consistent(tmp_path / "lib")

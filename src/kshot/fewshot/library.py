@@ -187,15 +187,13 @@ class Library(LibraryStore):
             stamp = self.catalogue.stamp()
             state = self._caught_up(state, stamp)
             self._index_state = state or self._rebuilt(stamp)
-        index = self._index_state.index
-        index.exact_vectors = self.catalogue.vectors_of  # ivfpq re-ranks by them
-        return index
+        return self._index_state.index
 
     def _saved_index(self) -> _IndexState | None:
         """``index.faiss`` as saved, and what it reflects; ``None`` if unusable (said why)."""
         path, dim = self.root / INDEX, self.manifest.embedding_dim
         try:
-            index = VectorIndex.load(path, self.manifest.index)
+            index = self._reranking(VectorIndex.load(path, self.manifest.index))
         except KshotError as exc:
             reason = str(exc) if path.exists() else f"{path} is missing"
             log.warning("%s; rebuilding the index in memory from the catalogue", reason)
@@ -243,7 +241,8 @@ class Library(LibraryStore):
         entries = self.catalogue.entries()
         index = VectorIndex(self.manifest.embedding_dim, self.manifest.index)
         index.add(entries.vectors, entries.ids)
-        return _IndexState(index, stamp, self.catalogue.journal_position(), len(index), False)
+        position = self.catalogue.journal_position()
+        return _IndexState(self._reranking(index), stamp, position, len(index), False)
 
     def _after_write(self) -> None:
         """Under the lock, after a change: catch the index up; save it once the journal since
@@ -277,9 +276,16 @@ class Library(LibraryStore):
                 failure,
             )
             return failure
-        self._index_state = _IndexState(index, state.stamp, state.position, 0, True)
+        self._index_state = _IndexState(
+            self._reranking(index), state.stamp, state.position, 0, True
+        )
         self._derived["index"] = index
         return None
+
+    def _reranking(self, index: VectorIndex) -> VectorIndex:
+        """``index``, re-ranking by the catalogue's exact vectors (when it is a trained ivfpq)."""
+        index.exact_vectors = self.catalogue.vectors_of
+        return index
 
     def compact(self, kind: str | None = None) -> int:
         """Save the index as the catalogue stands (HNSW tombstones dropped, an ivfpq index
