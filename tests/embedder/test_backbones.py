@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from kshot.embedder import backbones
+from kshot.embedder import backbones, mobilenet_v2_weights
 from kshot.embedder.backbones import (
     BACKBONES,
     DEFAULT_BACKBONE,
@@ -164,10 +164,26 @@ def test_weights_file_that_does_not_fit(tmp_path):
 def test_weights_file_with_wrong_shapes(tmp_path):
     from torchvision.models import mobilenet_v2
 
-    path = tmp_path / "thousand_and_one.pth"
-    torch.save(mobilenet_v2(weights=None, num_classes=1001).state_dict(), path)
+    path = tmp_path / "narrow.pth"
+    torch.save(mobilenet_v2(weights=None, width_mult=0.5).state_dict(), path)
     with pytest.raises(KshotError, match="does not fit"):
         build_backbone("mobilenet_v2", _mobilenet_config(), pretrained=False, weights_file=path)
+
+
+@pytest.mark.parametrize("classes", [1001, None], ids=["other-classifier", "no-classifier"])
+def test_weights_file_classifier_is_not_needed(tmp_path, classes):
+    # kshot strips the classifier: one of another size, or none at all, loads all the same.
+    from torchvision.models import mobilenet_v2
+
+    torch.manual_seed(5)
+    state = mobilenet_v2(weights=None, num_classes=classes or 1000).state_dict()
+    if classes is None:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    path = tmp_path / "weights.pth"
+    torch.save(state, path)
+    model = build_backbone("mobilenet_v2", _mobilenet_config(), pretrained=False, weights_file=path)
+    name = "features.18.0.weight"
+    assert torch.equal(model.state_dict()[name], state[name])
 
 
 @pytest.mark.parametrize(
@@ -198,6 +214,7 @@ def test_weights_file_missing(tmp_path):
     ids=["URLError", "OSError"],
 )
 def test_offline_pretrained_download_names_the_way_out(monkeypatch, error):
+    monkeypatch.setattr(mobilenet_v2_weights, "packaged_file", lambda: None)
     calls = []
 
     def offline(url, *args, **kwargs):
@@ -213,10 +230,13 @@ def test_offline_pretrained_download_names_the_way_out(monkeypatch, error):
     assert "mobilenet_v2" in message
     assert calls[0] in message
     assert "efficientnet_lite0" in message
+    assert mobilenet_v2_weights.INSTALL in message
 
 
 def test_pretrained_download_is_used_when_available(monkeypatch):
     from torchvision.models import mobilenet_v2
+
+    monkeypatch.setattr(mobilenet_v2_weights, "packaged_file", lambda: None)
 
     torch.manual_seed(4)
     reference = mobilenet_v2(weights=None).state_dict()

@@ -302,26 +302,28 @@ def test_query_of_a_new_image_of_a_known_class(library, photos, tmp_path, make_c
         assert result.decision.label == "potato"
 
 
-def test_prototype_scores_are_cosines_to_class_means(library, photos):
+def test_prototype_confidences_rank_classes_by_cosine_to_their_means(library, photos):
     from kshot.embedder.inference import embed_files
 
     query = photos["トマト"][0]
-    (result,) = library.query([query], top_k=10)
+    (result,) = library.query([query], method="prototype", top_k=10, threshold=0.0)
     vector = embed_files(library.embedder, [query]).vectors[0]
-    for label, score in result.decision.top_k:
-        members = embed_files(library.embedder, photos[label]).vectors
-        mean = members.sum(axis=0)
-        assert score == pytest.approx(float(vector @ mean / np.linalg.norm(mean)), abs=1e-5)
+    cosines = {}
+    for label in photos:
+        mean = embed_files(library.embedder, photos[label]).vectors.sum(axis=0)
+        cosines[label] = float(vector @ mean / np.linalg.norm(mean))
+    assert [label for label, _ in result.decision.top_k] == sorted(cosines, key=cosines.get)[::-1]
+    assert 0.0 < sum(score for _, score in result.decision.top_k) <= 1.0 + 1e-9
 
 
-@pytest.mark.parametrize("method", ["prototype", "knn"])
-def test_threshold_above_one_gives_unknown(library, photos, method):
-    results = library.query(all_paths(photos), method=method, threshold=1.01)
+@pytest.mark.parametrize("method", ["prototype", "knn", "logistic"])
+def test_threshold_of_one_gives_unknown_unless_certain(library, photos, method):
+    results = library.query(all_paths(photos), method=method, threshold=1.0)
     for (_, label), result in zip(items_of(photos), results, strict=True):
-        assert result.decision.label == UNKNOWN
         assert result.decision.top_k[0][0] == label  # the best class is still reported
-        assert result.decision.score == pytest.approx(1.0, abs=1e-3)
-    accepted = library.query(all_paths(photos), method=method, threshold=0.5)
+        expected = label if result.decision.score >= 1.0 else UNKNOWN
+        assert result.decision.label == expected
+    accepted = library.query(all_paths(photos), method=method, threshold=0.0)
     assert [r.decision.label for r in accepted] == [label for _, label in items_of(photos)]
 
 

@@ -22,7 +22,7 @@ from kshot.cli.console import (
     setup_logging,
 )
 from kshot.cli.embedders import embedder_from
-from kshot.cli.options import AsJson, Device, IndexKind, LibraryDir, Method
+from kshot.cli.options import METHOD_HELP, AsJson, Centre, Device, IndexKind, LibraryDir, Method
 from kshot.errors import KshotError
 
 app = typer.Typer(
@@ -94,7 +94,10 @@ def init(
     model: Annotated[Path | None, typer.Option(help="A model file from `kshot train`.")] = None,
     backbone: Annotated[
         str | None,
-        typer.Option(help="Untrained: the backbone's pretrained features (see `kshot backbones`)."),
+        typer.Option(
+            help="Untrained: the backbone's pretrained features (see `kshot backbones`); "
+            "names joined by + make an ensemble."
+        ),
     ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="Backbone weights file to use instead of downloading.")
@@ -103,16 +106,35 @@ def init(
     index: Annotated[
         IndexKind, typer.Option(help="flat: exact; hnsw, ivfpq: large libraries.")
     ] = IndexKind.flat,
+    method: Annotated[Method, typer.Option(help="How queries are decided. " + METHOD_HELP)] = (
+        Method.logistic
+    ),
+    centre: Annotated[
+        Centre,
+        typer.Option(help="library: centre embeddings on the library's mean before deciding."),
+    ] = Centre.none,
     device: Device = "auto",
 ):
-    """Create an empty library bound to one model."""
+    """Create an empty library bound to one model (with neither --model nor --backbone: the
+    default embedder, which works offline)."""
+    from kshot.fewshot.decider import DecisionSettings
     from kshot.fewshot.library import Library, check_new_library_path
     from kshot.index.vector_index import IndexSpec
 
     check_new_library_path(library)
+    if model is None and backbone is None:
+        from kshot.embedder.backbones import DEFAULT_BACKBONE
+
+        backbone = DEFAULT_BACKBONE
+        say(f"no --model or --backbone: using the default embedder, {backbone}")
     embedder, info = embedder_from(model, backbone, weights, pretrained)
-    Library.create(library, embedder, info, IndexSpec(kind=index.value), device=device)
-    say(f"created library {library} ({embedder.embedding_dim}-d embeddings, {index.value} index)")
+    settings = DecisionSettings(method.value, centre=centre.value)
+    spec = IndexSpec(kind=index.value)
+    Library.create(library, embedder, info, spec, device=device, settings=settings)
+    say(
+        f"created library {library} ({embedder.embedding_dim}-d embeddings, {index.value} index, "
+        f"{method.value} decisions)"
+    )
     say(f"next: kshot enroll {library} --label NAME IMAGE...   or   kshot enroll {library} DIR")
 
 
@@ -186,12 +208,15 @@ def query(
     ],
     top_k: Annotated[int, typer.Option(min=1, help="How many classes to list per image.")] = 5,
     method: Annotated[
-        Method,
-        typer.Option(help="prototype: nearest class mean; knn: weighted vote of neighbours."),
-    ] = Method.prototype,
+        Method | None,
+        typer.Option(help="Default: the library's own (see kshot classes). " + METHOD_HELP),
+    ] = None,
     threshold: Annotated[
         float | None,
-        typer.Option(help='Answer "unknown" when the best score (cosine) is below this.'),
+        typer.Option(
+            help='Answer "unknown" when the best confidence (0-1) is below this. Default: the '
+            "library's own, chosen from its enrolled images; 0: never.",
+        ),
     ] = None,
     neighbours: Annotated[int, typer.Option(min=1, help="k of --method knn.")] = 10,
     model: Annotated[
@@ -207,7 +232,8 @@ def query(
     paths, refused = images_in(images)
     lib = Library.open(library, model=model, device=device)
     with progress("querying", len(paths)) as advance:
-        results = lib.query(paths, method.value, top_k, threshold, neighbours, advance)
+        chosen = method.value if method is not None else None
+        results = lib.query(paths, chosen, top_k, threshold, neighbours, advance)
     results += [QueryResult(error.source, error=error) for error in refused]
     render.query_results(results, as_json)
     failed = sum(r.error is not None for r in results)
@@ -219,7 +245,11 @@ def classes(library: LibraryDir, as_json: AsJson = False):
     """List a library's classes and how many images each holds."""
     from kshot.fewshot.store import LibraryStore
 
-    render.class_counts(LibraryStore.open_store(library).classes(), as_json)
+    store = LibraryStore.open_store(library)
+    counts = store.classes()
+    render.class_counts(counts, as_json)
+    if counts and not as_json:
+        render.decision_summary(store.decider())
 
 
 @command
@@ -270,7 +300,9 @@ def embed(
     ],
     out: Annotated[Path, typer.Option(help="Folder for embeddings.npy and images.csv.")],
     model: Annotated[Path | None, typer.Option(help="A model file.")] = None,
-    backbone: Annotated[str | None, typer.Option(help="An untrained backbone.")] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="An untrained backbone (a+b: an ensemble).")
+    ] = None,
     weights: Annotated[Path | None, typer.Option(help="Backbone weights file.")] = None,
     device: Device = "auto",
 ):

@@ -50,6 +50,7 @@ def run_demo(workdir: Path | None, epochs: int, seed: int = 0) -> float:
     from kshot.cli.training import train_from_folder
     from kshot.embedder.checkpoint import load_checkpoint
     from kshot.embedder.images import class_folders
+    from kshot.fewshot.labels import UNKNOWN
     from kshot.fewshot.library import Library
     from kshot.index.vector_index import IndexSpec
 
@@ -87,13 +88,27 @@ def run_demo(workdir: Path | None, epochs: int, seed: int = 0) -> float:
 
     say(f"4. classifying the other {len(queries)} images of those digits")
     with progress("querying", len(queries)) as advance:
-        results = lib.query([image for image, _ in queries], on_progress=advance)
+        results = lib.query([image for image, _ in queries], threshold=0.0, on_progress=advance)
     right = sum(r.decision.label == truth for r, (_, truth) in zip(results, queries, strict=True))
     accuracy = right / len(queries)
     classes = len(lib.classes())
+    threshold = lib.decider().calibration.threshold
     say(
         f"{classes}-way {SHOTS}-shot accuracy on unseen digits: {accuracy:.1%} "
-        f"({right}/{len(queries)}), in {time.perf_counter() - started:.0f} s\n"
+        f"({right}/{len(queries)})"
+    )
+    if threshold is not None:
+        others = [image for _, images in class_folders(data / "train") for image in images[:20]]
+        say(f"5. asking about {len(others)} images of the digits the library does not hold")
+        refused = sum(r.decision.label == UNKNOWN for r in lib.query(others))
+        kept = sum(r.decision.score >= threshold for r in results)
+        say(
+            f"at the library's own threshold ({threshold:.2f}, chosen from its 25 enrolled "
+            f"images): {refused}/{len(others)} of those answered unknown, "
+            f"{kept}/{len(results)} of the enrolled digits' queries answered"
+        )
+    say(
+        f"done in {time.perf_counter() - started:.0f} s\n"
         f"model:   {model}\nlibrary: {library}\n"
         f"try:     {_kshot()} query {library} {queries[0][0]}\n"
         f"         {_kshot()} classes {library}"

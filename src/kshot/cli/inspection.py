@@ -43,7 +43,10 @@ def evaluate(
     queries_per_class: Annotated[
         int, typer.Option("--queries", min=1, help="Episodic: queries per class.")
     ] = 15,
-    method: Annotated[Method, typer.Option(help="Decision rule.")] = Method.prototype,
+    method: Annotated[
+        list[Method] | None,
+        typer.Option(help="Decision rule (repeatable, side by side). Default: the library's own."),
+    ] = None,
     neighbours: Annotated[int, typer.Option(min=1, help="k of --method knn.")] = 10,
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="Folder for the reports.")] = Path("kshot-report"),
@@ -53,23 +56,35 @@ def evaluate(
     from kshot.fewshot import evaluation, reports
     from kshot.fewshot.library import MANIFEST, Library, folder_items
 
+    methods = [m.value for m in method] if method else [None]
     if (data / MANIFEST).is_file():
         if queries is None:
             raise KshotError("give the folder of labelled queries to evaluate the library on")
         library = Library.open(data, device=device)
         items, _ = folder_items(queries)
-        with progress("evaluating", len(items)) as advance:
-            report = evaluation.evaluate_library(
-                library, items, method.value, neighbours, (), advance
-            )
-        _publish(out, data.name, report, reports.split_markdown(data.name, report))
+        results = {}
+        for chosen in methods:
+            with progress("evaluating", len(items)) as advance:
+                report = evaluation.evaluate_library(
+                    library, items, chosen, neighbours, (), advance
+                )
+            results[_method_name(data.name, chosen, methods)] = report
+        _publish_all(out, results)
         return
     candidates = _embedders(model or [], backbone or [], device)
     items, _ = folder_items(data)
     if episodes is not None:
         for name, (embedder, _) in candidates.items():
             report = evaluation.evaluate_episodes(
-                embedder, items, ways or 5, shots, queries_per_class, episodes, seed, neighbours
+                embedder,
+                items,
+                ways or 5,
+                shots,
+                queries_per_class,
+                episodes,
+                seed,
+                neighbours,
+                [m for m in methods if m is not None] or evaluation.METHODS,
             )
             _publish(out, f"{name}-episodes", report, reports.episodes_markdown(name, report))
         return
@@ -80,18 +95,33 @@ def evaluate(
     results = {}
     for name, (embedder, info) in candidates.items():
         with tempfile.TemporaryDirectory() as tmp, progress(name, len(query_items)) as advance:
-            results[name] = evaluation.evaluate_split(
+            by_method = evaluation.evaluate_split(
                 embedder,
                 info,
                 support,
                 query_items,
                 Path(tmp) / "library",
-                method=method.value,
+                methods,
                 neighbours=neighbours,
                 held_out=held_out,
                 on_progress=advance,
             )
-        _publish(out, name, results[name], reports.split_markdown(name, results[name]))
+        for chosen, report in by_method.items():
+            results[_method_name(name, chosen, methods)] = report
+    _publish_all(out, results)
+
+
+def _method_name(name: str, method: str | None, methods: list) -> str:
+    """A report's name: the model's, with the rule when several are compared."""
+    return f"{name}-{method}" if len(methods) > 1 and method is not None else name
+
+
+def _publish_all(out: Path, results: dict) -> None:
+    """Each report, then a side-by-side table when there are several."""
+    from kshot.fewshot import reports
+
+    for name, report in results.items():
+        _publish(out, name, report, reports.split_markdown(name, report))
     if len(results) > 1:
         reports.write_report(out, "comparison", results, reports.comparison_markdown(results))
         typer.echo(reports.comparison_markdown(results))

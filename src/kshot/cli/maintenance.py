@@ -63,6 +63,8 @@ def info(library: LibraryDir, as_json: AsJson = False):
         "classes": len(counts),
         "images": sum(n for _, n in counts),
         "disk_bytes": store.disk_use(),
+        "decision": _decision(store) if counts else None,
+        "tta": list(manifest.tta),
     }
     if as_json:
         typer.echo(json.dumps(details, ensure_ascii=False))
@@ -80,12 +82,32 @@ def info(library: LibraryDir, as_json: AsJson = False):
     typer.echo(f"embeddings  {manifest.embedding_dim} dimensions")
     typer.echo(f"index       {manifest.index.kind}" + (f"; {saved}" if saved else ""))
     typer.echo(f"contents    {details['images']} image(s) in {details['classes']} class(es)")
+    decision = details["decision"]
+    if decision is not None:
+        threshold = decision["threshold"]
+        typer.echo(
+            f"decisions   {decision['method']} (centring: {decision['centre']}); unknown below "
+            + ("no threshold of its own" if threshold is None else f"confidence {threshold:.3f}")
+        )
     disk = details["disk_bytes"]
     typer.echo(
         f"disk        {sum(disk.values()) / 1e6:.1f} MB ("
         + ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in disk.items())
         + ")"
     )
+
+
+def _decision(store) -> dict:
+    """How the library decides now, and its own threshold (fitted if the saved one is stale)."""
+    decider = store.decider()
+    calibration = decider.calibration
+    return {
+        "method": decider.settings.method,
+        "centre": decider.settings.centre,
+        "threshold": calibration.threshold,
+        "known_rejected": calibration.known_rejected,
+        "unknown_accepted": calibration.unknown_accepted,
+    }
 
 
 def compact(

@@ -12,6 +12,18 @@ import typer
 class Method(str, Enum):
     prototype = "prototype"
     knn = "knn"
+    logistic = "logistic"
+
+
+class Centre(str, Enum):
+    none = "none"
+    library = "library"
+
+
+METHOD_HELP = (
+    "logistic: a linear classifier fitted on the enrolled images; prototype: nearest class mean; "
+    "knn: weighted vote of the nearest images."
+)
 
 
 class IndexKind(str, Enum):

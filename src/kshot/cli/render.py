@@ -8,37 +8,70 @@ from collections.abc import Sequence
 import typer
 
 from kshot.cli.console import say
+from kshot.fewshot.labels import UNKNOWN
 
 
 def _json_line(data: dict) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False))
 
 
+def query_result_json(result) -> dict:
+    """One query's answer as JSON: ``image`` (as given), then either ``error``, or ``label`` (a
+    class or "unknown"), ``score`` (its confidence, 0-1) and ``top_k`` (``{"label", "score"}``
+    best first); with grouped labels (``crop/disease``) also ``group`` and ``groups``."""
+    if result.error is not None:
+        return {"image": result.image, "error": result.error.reason}
+    decision = result.decision
+    data = {
+        "image": result.image,
+        "label": decision.label,
+        "score": round(decision.score, 6),
+        "top_k": [{"label": label, "score": round(score, 6)} for label, score in decision.top_k],
+    }
+    if decision.group is not None:
+        data["group"] = decision.group
+        data["groups"] = [
+            {"group": group, "score": round(score, 6)} for group, score in decision.groups
+        ]
+    return data
+
+
 def query_results(results: Sequence, as_json: bool) -> None:
-    """One line per image. JSON fields: ``image`` (as given), then either ``label``, ``score``
-    and ``top_k`` (a list of ``{"label", "score"}``), or ``error``."""
+    """One line per image: a JSON object (:func:`query_result_json`), or for people the answer,
+    its confidence and the next classes."""
     for result in results:
-        if result.error is not None:
-            if as_json:
-                _json_line({"image": result.image, "error": result.error.reason})
-            else:
-                say(f"kshot: {result.error}")
-            continue
-        decision = result.decision
         if as_json:
-            top = [{"label": label, "score": round(score, 6)} for label, score in decision.top_k]
-            _json_line(
-                {
-                    "image": result.image,
-                    "label": decision.label,
-                    "score": round(decision.score, 6),
-                    "top_k": top,
-                }
-            )
+            _json_line(query_result_json(result))
+        elif result.error is not None:
+            say(f"kshot: {result.error}")
         else:
+            decision = result.decision
             others = ", ".join(f"{label} {score:.3f}" for label, score in decision.top_k[1:])
-            line = f"{result.image}\t{decision.label}\t{decision.score:.3f}"
+            answer = decision.label
+            if decision.label == UNKNOWN and decision.top_k:
+                answer += f" (nearest: {decision.top_k[0][0]})"
+            if decision.group is not None:
+                answer = f"{decision.group}: {answer}"
+            line = f"{result.image}\t{answer}\t{decision.score:.3f}"
             typer.echo(line + (f"\t(then: {others})" if others else ""))
+
+
+def decision_summary(decider) -> None:
+    """How the library decides, and its own "unknown" threshold with what it costs."""
+    settings, calibration = decider.settings, decider.calibration
+    rule = settings.method + (" on centred embeddings" if settings.centre != "none" else "")
+    if calibration.threshold is None:
+        say(
+            f"decisions: {rule}; no threshold of its own (it needs three classes, some with two "
+            "images or more): every query gets a class unless --threshold is given"
+        )
+        return
+    say(
+        f"decisions: {rule}; unknown below confidence {calibration.threshold:.3f}, chosen on "
+        f"{calibration.images} held-out enrolled images: {calibration.known_rejected:.0%} of "
+        f"them rejected, {calibration.unknown_accepted:.0%} of those standing in for an unknown "
+        "class accepted"
+    )
 
 
 def enroll_report(report, as_json: bool) -> None:

@@ -15,6 +15,7 @@ from kshot.cli.training_observer import TrainingConsole, format_scores, state_pa
 from kshot.embedder.backbones import get_backbone
 from kshot.embedder.checkpoint import save_checkpoint
 from kshot.embedder.distributed import Distributed, start_from_env, stop
+from kshot.embedder.ensemble import is_ensemble, normalization_error
 from kshot.embedder.model import EmbedderConfig, build_embedder
 from kshot.embedder.preprocess import IMAGENET_MEAN, IMAGENET_STD, dataset_mean_std
 from kshot.embedder.training import Observer, TrainConfig, seed_everything, train_embedder
@@ -34,6 +35,8 @@ def default_holdout_classes(classes: int) -> int:
 
 def _config(model: ModelOptions, data_mean_std: tuple | None = None) -> EmbedderConfig:
     """``data_mean_std``: the training images' own statistics, for ``--normalization dataset``."""
+    if model.normalization != "backbone" and is_ensemble(model.backbone):
+        raise normalization_error(model.backbone)
     preprocess = get_backbone(model.backbone).default_preprocess()
     image_size, channels = model.image_size, model.channels
     if image_size is not None:  # keep the backbone's resize-to-crop ratio
@@ -57,6 +60,13 @@ def _config(model: ModelOptions, data_mean_std: tuple | None = None) -> Embedder
         )
     except ValueError as exc:
         raise KshotError(str(exc)) from None
+
+
+def _starting_weights(model: ModelOptions, pretrained: bool) -> str:
+    """Where the backbone's weights came from, for the model file's info."""
+    if model.weights is not None:
+        return f"weights file {model.weights}"
+    return get_backbone(model.backbone).pretrained_source() if pretrained else "random weights"
 
 
 def train_from_folder(
@@ -223,6 +233,7 @@ def _train(
         "holdout_classes": held_classes,
         "train": train_config.to_dict(),
         "pretrained": pretrained,
+        "starting_weights": _starting_weights(model, pretrained),
         "best_epoch": result.best_epoch,
         "scores_before": before,
         "scores_after": after,

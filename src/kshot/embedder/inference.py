@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from kshot.embedder.model import Embedder
 from kshot.embedder.preprocess import PreprocessConfig
 from kshot.embedder.runtime import tune_allocator
+from kshot.embedder.tta import FLIPS, check_views, mean_of_views, view_pixels, with_flips
 from kshot.errors import InputError
 
 
@@ -31,15 +32,28 @@ class Embedded:
 
 
 class _ImageFiles(Dataset):
-    """Each file decoded and prepared (``pixels=True``: the uint8 crop, not normalised)."""
+    """Each file decoded and prepared (``pixels=True``: the uint8 crop, not normalised;
+    ``views``: the stacked TTA views ``(1 + V, C, H, W)``, see :mod:`kshot.embedder.tta`)."""
 
     def __init__(
-        self, paths: Sequence[Path], config: PreprocessConfig, digest: bool, pixels: bool = False
+        self,
+        paths: Sequence[Path],
+        config: PreprocessConfig,
+        digest: bool,
+        pixels: bool = False,
+        views: tuple[str, ...] = (),
     ):
         self.paths = list(paths)
         self.config = config
         self.digest = digest
-        self.prepare = config.pixels if pixels else config.prepare
+        self.views = views
+        if views:
+            self.prepare = self._views
+        else:
+            self.prepare = config.pixels if pixels else config.prepare
+
+    def _views(self, image) -> torch.Tensor:
+        return self.config.normalize(view_pixels(self.config, image, self.views))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -66,9 +80,11 @@ def _batches(
     workers: int,
     digest: bool,
     pixels: bool = False,
+    views: tuple[str, ...] = (),
 ) -> Iterable:
-    """Batches of ``(indices, images (B, C, H, W) or None, sha256s, [(index, InputError)])``."""
-    files = _ImageFiles([Path(p) for p in paths], config, digest, pixels)
+    """Batches of ``(indices, images (B, C, H, W) or None, sha256s, [(index, InputError)])``;
+    with ``views``, images are ``(B, 1 + V, C, H, W)``."""
+    files = _ImageFiles([Path(p) for p in paths], config, digest, pixels, views)
     if workers == 0:  # in this process, sparing the DataLoader's 0.3 ms per call
         return (
             _collate([files[i] for i in range(start, min(start + batch_size, len(files)))])
@@ -94,10 +110,19 @@ def load_pixels(
 
 @torch.inference_mode()
 def embed_batch(embedder: Embedder, images: torch.Tensor) -> np.ndarray:
-    """``(N, C, H, W)`` preprocessed images -> ``(N, D)`` float32 unit vectors."""
+    """``(N, C, H, W)`` preprocessed images -> ``(N, D)`` float32 unit vectors.
+
+    ``(N, V, C, H, W)``: V views of each image (TTA), run as one batch of N * V and averaged.
+    """
     device = next(embedder.parameters()).device
+    views = images.shape[1] if images.ndim == 5 else 0
+    if views:
+        images = images.flatten(0, 1)
     images = images.to(device).contiguous(memory_format=torch.channels_last)
-    return embedder(images).float().cpu().numpy()
+    vectors = embedder(images)
+    if views:
+        vectors = mean_of_views(vectors, views)
+    return vectors.float().cpu().numpy()
 
 
 @torch.inference_mode()
@@ -115,10 +140,23 @@ def _in_chunks(
     return torch.cat(outputs) if outputs else torch.zeros((0, width))
 
 
-def embed_pixels(embedder: Embedder, pixels: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """uint8 crops ``(n, C, H, W)`` -> ``(n, D)`` float32 unit vectors, in eval mode."""
+def embed_pixels(
+    embedder: Embedder, pixels: torch.Tensor, batch_size: int = 64, tta: Sequence[str] = ()
+) -> np.ndarray:
+    """uint8 crops ``(n, C, H, W)`` -> ``(n, D)`` float32 unit vectors, in eval mode.
+
+    ``tta``: flip views (``hflip``, ``vflip``) averaged with each crop (see
+    :mod:`kshot.embedder.tta`); ``full`` needs the whole image, so only :func:`embed_files`
+    takes it."""
+    views = check_views(tta, tuple(FLIPS))
     embedder.eval()
-    vectors = _in_chunks(embedder, embedder, embedder.embedding_dim, pixels, batch_size)
+
+    def averaged(images: torch.Tensor) -> torch.Tensor:
+        stacked = with_flips(images, views).flatten(0, 1)
+        return mean_of_views(embedder(stacked), 1 + len(views))
+
+    network = averaged if views else embedder
+    vectors = _in_chunks(embedder, network, embedder.embedding_dim, pixels, batch_size)
     return vectors.float().cpu().numpy()
 
 
@@ -139,18 +177,22 @@ def embed_files(
     workers: int = 0,
     digest: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    tta: Sequence[str] = (),
 ) -> Embedded:
     """Embed ``paths`` with ``embedder`` (in eval mode); ``digest`` adds each file's SHA-256.
 
     ``workers`` > 0 decodes in that many background processes while the model runs.
     ``on_progress(n)`` is called after each batch with the number of files it held.
+    ``tta``: views averaged with each image's own (see :mod:`kshot.embedder.tta`): each batch
+    holds ``batch_size`` images, run as one batch of all their views.
     """
+    views = check_views(tta)
     tune_allocator()
     if embedder.training:  # walking the modules costs ~1 ms per call
         embedder.eval()
     result = Embedded(np.zeros((0, embedder.embedding_dim), dtype=np.float32))
     chunks = [result.vectors]
-    batches = _batches(paths, embedder.config.preprocess, batch_size, workers, digest)
+    batches = _batches(paths, embedder.config.preprocess, batch_size, workers, digest, views=views)
     for indices, batch, shas, errors in batches:
         if batch is not None:
             chunks.append(embed_batch(embedder, batch))

@@ -78,9 +78,11 @@ class PreprocessConfig:
         left, top = (width - side) / 2, (height - side) / 2
         box = (left, top, left + side, top + side)
         size = (self.input_size, self.input_size)
-        crop = image.resize(size, Image.Resampling[self.interpolation.upper()], box=box)
-        array = torch.from_numpy(np.array(crop, dtype=np.uint8))
-        return array.unsqueeze(0) if array.ndim == 2 else array.permute(2, 0, 1)
+        return image_tensor(image.resize(size, self.resampling, box=box))
+
+    @property
+    def resampling(self) -> Image.Resampling:
+        return Image.Resampling[self.interpolation.upper()]
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 ``(..., channels, H, W)`` -> the float tensor the embedder takes."""
@@ -100,6 +102,12 @@ class PreprocessConfig:
     def load(self, path: str | Path) -> torch.Tensor:
         """Read, decode and prepare one image file; raises ``InputError`` if it is unusable."""
         return self.prepare(self.read(path).image)
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """An ``L`` or ``RGB`` PIL image as a uint8 tensor ``(channels, H, W)``."""
+    array = torch.from_numpy(np.array(image, dtype=np.uint8))
+    return array.unsqueeze(0) if array.ndim == 2 else array.permute(2, 0, 1)
 
 
 def dataset_mean_std(pixels: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

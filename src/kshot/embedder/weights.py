@@ -38,17 +38,23 @@ def load_state_dict_file(path: Path) -> dict:
     return state
 
 
-def torchvision_state_dict(name: str, weights) -> dict:
-    """The state dict of torchvision ``weights``, from torch's cache or downloaded into it."""
+def torchvision_cache_file(weights) -> Path:
+    """Where torch keeps torchvision ``weights`` once downloaded."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def torchvision_state_dict(name: str, weights, offline_hint: str = "") -> dict:
+    """The state dict of torchvision ``weights``, from torch's cache or downloaded into it.
+    ``offline_hint`` adds a way out of its own to the message when the download fails."""
     try:
         return torch.hub.load_state_dict_from_url(
             weights.url, progress=True, check_hash=True, weights_only=True
         )
     except OSError as exc:  # URLError and socket errors are OSErrors
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        cache = torchvision_cache_file(weights)
         raise KshotError(
             f"cannot download the ImageNet weights of {name} ({exc}). Offline? Either run the "
             f"same command once on a connected machine and copy {cache} to this machine's same "
-            f"path, or download {weights.url} and pass it with --weights FILE, or use "
-            f"--backbone efficientnet_lite0, whose weights come installed"
+            f"path, or download {weights.url} and pass it with --weights FILE, {offline_hint}"
+            f"or use --backbone efficientnet_lite0, whose weights come installed"
         ) from None

@@ -5,16 +5,15 @@ images and classifies the queries among those N classes only: the few-shot liter
 protocol (Vinyals et al. 2016), reported as the mean accuracy over many episodes with a 95%
 confidence interval. Every image is embedded once beforehand; episodes only index into the
 array of unit vectors, so thousands of episodes take seconds. Classification reuses kshot's own
-decision rules (kshot.fewshot.decision), so the numbers describe what ``kshot query`` does.
+decision rules (kshot.fewshot.rules), so the numbers describe what ``kshot query`` does.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
-from kshot.fewshot.decision import METHODS, decide, knn_scores, prototypes
+from kshot.errors import KshotError
+from kshot.fewshot.decider import Decider, DecisionSettings
 
 
 def sample_episode(
@@ -67,33 +66,26 @@ def episode_accuracy(
     query: np.ndarray,
     method: str = "prototype",
     neighbours: int = 10,
+    centre: str = "none",
 ) -> float:
     """Share of the ``query`` images classified right when only the ``support`` images are
     enrolled. ``vectors (n, d)`` are unit vectors, ``labels (n,)`` their classes, ``support``
-    and ``query`` indices into them; ``method`` and ``neighbours`` as in ``kshot query``."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    if method == "knn" and neighbours < 1:
-        raise ValueError(f"neighbours must be at least 1, not {neighbours}")
+    and ``query`` indices into them; ``method``, ``neighbours`` and ``centre`` as a library's
+    decision settings (kshot.fewshot.decider), fitted on the support images alone."""
+    settings = _settings(method, neighbours, centre)
     labels = np.asarray(labels)
-    support_names = labels[support].astype(str)  # decision.py keys classes by their names
-    query_vectors = vectors[query]
-    if method == "prototype":
-        classes, centres = prototypes(vectors[support], support_names.tolist())
-        scores = [
-            dict(zip(classes, row.tolist(), strict=True)) for row in query_vectors @ centres.T
-        ]
-    else:
-        sims = query_vectors @ vectors[support].T  # (queries, support)
-        k = min(neighbours, len(support))
-        nearest = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        scores = knn_scores(
-            np.take_along_axis(sims, nearest, axis=1),
-            support_names[nearest].tolist(),
-            dict(Counter(support_names.tolist())),
-        )
-    answers = [decide(score, top_k=1, threshold=None).label for score in scores]
-    return float(np.mean(np.asarray(answers) == labels[query].astype(str)))
+    names = labels[support].astype(str)  # rules key classes by their names
+    decider = Decider.fit(settings, vectors[support], names, calibrated=False)
+    best = decider.scores(vectors[query]).argmax(axis=1)  # ties: the first class by name
+    return float(np.mean(np.asarray(decider.classes)[best] == labels[query].astype(str)))
+
+
+def _settings(method: str, neighbours: int, centre: str) -> DecisionSettings:
+    """Decision settings, a bad one being a ``ValueError`` as for the episodes' other inputs."""
+    try:
+        return DecisionSettings(method, neighbours, centre)
+    except KshotError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def mean_ci95(values) -> tuple[float, float]:
@@ -127,8 +119,7 @@ def run_episodes(
     the same episodes and gives the same result."""
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, not {episodes}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    _settings(method, neighbours, "none")
     rng, labels = np.random.default_rng(seed), np.asarray(labels)
     members = _members(labels)
     accuracies = []

@@ -19,11 +19,16 @@ import numpy as np
 from kshot.embedder.inference import embed_files
 from kshot.embedder.model import Embedder
 from kshot.errors import KshotError
-from kshot.fewshot.decision import decide
 from kshot.fewshot.episodes import run_episodes
 from kshot.fewshot.library import Library
-from kshot.fewshot.metrics import classification_metrics, retrieval_metrics
+from kshot.fewshot.metrics import (
+    class_roc_auc,
+    classification_metrics,
+    known_unknown_auroc,
+    retrieval_metrics,
+)
 from kshot.fewshot.openset import open_set_curve
+from kshot.fewshot.rules import METHODS
 
 Items = list[tuple[Path, str]]
 
@@ -54,35 +59,39 @@ def split_items(
 def evaluate_library(
     library: Library,
     queries: Sequence[tuple[Path, str]],
-    method: str = "prototype",
+    method: str | None = None,
     neighbours: int = 10,
     held_out: Sequence[str] = (),
     on_progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Classify ``queries`` (image, true label) against ``library``: classification and
-    retrieval metrics on the classes it holds, misclassified images, and, for the other labels
-    (``held_out``, and any class the library does not hold), the open-set curve of the "unknown"
-    threshold."""
+    retrieval metrics on the classes it holds, misclassified images, ROC-AUC, and, for the other
+    labels (``held_out``, and any class the library does not hold), the open-set curve of the
+    "unknown" threshold and both error rates at the library's own threshold."""
     enrolled = {label for label, _ in library.classes()}
     held_out = sorted(set(held_out) | {label for _, label in queries if label not in enrolled})
     start = time.perf_counter()
     embedded = embed_files(library.embedder, [p for p, _ in queries], on_progress=on_progress)
     seconds = time.perf_counter() - start
-    scores = library.scores(embedded.vectors, method, neighbours)
-    decisions = [decide(s, len(s), None) for s in scores]  # every class, ranked
+    settings = library.settings_for(method, neighbours)
+    decider, confidences = library.confidences(embedded.vectors, settings)
+    n = len(decider.classes)
+    decisions = library.decisions(embedded.vectors, settings, top_k=n, threshold=0.0)
     true = [queries[i][1] for i in embedded.indices]
     known = [j for j, label in enumerate(true) if label not in held_out]
     if not known:
         raise KshotError("no readable query of an enrolled class to evaluate")
     entries = library.entries()
     report = {
-        "method": method,
-        "classes": len(library.classes()),
+        "method": decider.settings.method,
+        "centre": decider.settings.centre,
+        "classes": n,
         "support_images": len(entries.ids),
         "seconds_per_image": seconds / max(len(embedded.indices), 1),
         **classification_metrics(
             [true[j] for j in known], [[label for label, _ in decisions[j].top_k] for j in known]
         ),
+        "roc_auc": class_roc_auc([true[j] for j in known], confidences[known], decider.classes),
         "retrieval": retrieval_metrics(
             embedded.vectors[known], [true[j] for j in known], entries.vectors, entries.labels
         ),
@@ -97,15 +106,24 @@ def evaluate_library(
             if decisions[j].label != true[j]
         ],
         "unreadable": [{"image": e.source, "error": e.reason} for _, e in embedded.errors],
+        "library_threshold": decider.calibration.threshold,
     }
     unknown = [j for j, label in enumerate(true) if label in held_out]
     if unknown:
+        known_best = np.array([decisions[j].score for j in known])
+        unknown_best = np.array([decisions[j].score for j in unknown])
         report["held_out_classes"] = list(held_out)
         report["open_set"] = open_set_curve(
-            np.array([decisions[j].score for j in known]),
-            np.array([decisions[j].label == true[j] for j in known]),
-            np.array([decisions[j].score for j in unknown]),
+            known_best, np.array([decisions[j].label == true[j] for j in known]), unknown_best
         )
+        report["open_set"]["auroc"] = known_unknown_auroc(known_best, unknown_best)
+        threshold = decider.calibration.threshold
+        if threshold is not None:
+            report["open_set"]["at_library_threshold"] = {
+                "threshold": threshold,
+                "known_rejected": float(np.mean(known_best < threshold)),
+                "unknown_accepted": float(np.mean(unknown_best >= threshold)),
+            }
     return report
 
 
@@ -115,16 +133,22 @@ def evaluate_split(
     support: Sequence[tuple[Path, str]],
     queries: Sequence[tuple[Path, str]],
     workdir: Path,
+    methods: Sequence[str | None] = (None,),
     **options,
-) -> dict:
-    """Enroll ``support`` into a new library in ``workdir`` and evaluate ``queries`` on it."""
+) -> dict[str | None, dict]:
+    """Enroll ``support`` into a new library in ``workdir`` and evaluate ``queries`` on it, once
+    per decision rule of ``methods`` (None: the library's default): ``{method: report}``."""
     from kshot.index.vector_index import IndexSpec
 
     library = Library.create(workdir, embedder, info, IndexSpec())
     enrolled = library.enroll(support)
-    report = evaluate_library(library, queries, **options)
-    report["unreadable"] += [{"image": e.source, "error": e.reason} for e in enrolled.errors]
-    return report
+    reports = {}
+    for method in methods:
+        reports[method] = evaluate_library(library, queries, method, **options)
+        reports[method]["unreadable"] += [
+            {"image": e.source, "error": e.reason} for e in enrolled.errors
+        ]
+    return reports
 
 
 def evaluate_episodes(
@@ -136,13 +160,15 @@ def evaluate_episodes(
     episodes: int,
     seed: int = 0,
     neighbours: int = 10,
+    methods: Sequence[str] = METHODS,
 ) -> dict:
-    """Mean accuracy and 95% interval of N-way K-shot episodes, prototype and kNN decisions."""
+    """Mean accuracy and 95% interval of N-way K-shot episodes, for each decision rule of
+    ``methods`` (on the same episodes)."""
     embedded = embed_files(embedder, [p for p, _ in items])
     labels = np.array([items[i][1] for i in embedded.indices], dtype=object)
     return {
         method: run_episodes(
             embedded.vectors, labels, ways, shots, queries, episodes, seed, method, neighbours
         )
-        for method in ("prototype", "knn")
+        for method in methods
     }

@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,8 @@ from kshot.embedder.model import Embedder
 from kshot.embedder.runtime import resolve_device
 from kshot.errors import InputError, KshotError, StorageError, os_error_message
 from kshot.fewshot.catalogue import Catalogue, Entries, NewImage
-from kshot.fewshot.decision import METHODS, Decision, decide, knn_scores, prototypes
+from kshot.fewshot.decider import Decider, DecisionSettings
+from kshot.fewshot.decision import Decision, decide
 from kshot.fewshot.labels import check_label
 from kshot.fewshot.store import (
     CATALOGUE,
@@ -106,9 +107,19 @@ class Library(LibraryStore):
 
     @classmethod
     def create(
-        cls, root: Path, embedder: Embedder, info: dict, spec: IndexSpec, device: str = "auto"
+        cls,
+        root: Path,
+        embedder: Embedder,
+        info: dict,
+        spec: IndexSpec,
+        device: str = "auto",
+        settings: DecisionSettings | None = None,
+        tta: Sequence[str] = (),
     ) -> Library:
+        """A new, empty library at ``root`` bound to ``embedder``; ``settings``: how it decides
+        (default: :class:`DecisionSettings`'s); ``tta``: views averaged at enroll and query."""
         root = check_new_library_path(root)
+        settings = settings or DecisionSettings()
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -117,7 +128,13 @@ class Library(LibraryStore):
         catalogue = Catalogue(root / CATALOGUE, embedder.embedding_dim, create=True)
         model = {"backbone": embedder.config.backbone, "trained": info.get("trained")}
         manifest = Manifest(
-            digest, embedder.embedding_dim, spec, catalogue.library_id(), model=model
+            digest,
+            embedder.embedding_dim,
+            spec,
+            catalogue.library_id(),
+            model=model,
+            decision=asdict(settings),
+            tta=tuple(tta),
         )
         catalogue.close()
         write_text_atomic(root / MANIFEST, manifest.to_json())  # last: it marks a whole library
@@ -339,12 +356,14 @@ class Library(LibraryStore):
             if count >= FLAT_NOTICE > count - len(report.added):
                 log.info(
                     "%s now holds %d images in a flat index, which compares a query with every "
-                    "one of them (33 ms at 370,000 on one core, BENCHMARKS.md); `kshot compact "
-                    "%s --index hnsw` makes it a graph that answers in well under a millisecond",
+                    "one of them (46 ms at 370,000 on one busy core, BENCHMARKS.md); `kshot "
+                    "compact %s --index hnsw` makes it a graph that answers in under a millisecond",
                     self.root,
                     count,
                     self.root,
                 )
+        if report.added and not report.interrupted:
+            self.refit_decision()
         return report
 
     def _enroll_batch(
@@ -417,50 +436,88 @@ class Library(LibraryStore):
         """Every enrolled image's id, label, source and embedding, read once per change."""
         return self._cached("entries", self.catalogue.entries)
 
-    def _prototypes(self) -> tuple[list[str], np.ndarray]:
-        def build():
-            entries = self.entries()
-            return prototypes(entries.vectors, entries.labels)
-
-        return self._cached("prototypes", build)
-
     def query(
         self,
         images: Sequence[str | Path],
-        method: str = "prototype",
+        method: str | None = None,
         top_k: int = 5,
         threshold: float | None = None,
         neighbours: int = 10,
         on_progress: Progress | None = None,
     ) -> list[QueryResult]:
-        """Classify each image: by nearest class prototype, or by weighted vote of its
-        ``neighbours`` nearest enrolled images (``method="knn"``)."""
-        if method not in METHODS:
-            raise KshotError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+        """Classify each image with the library's own decision (``method`` None) or another rule,
+        answering "unknown" under ``threshold`` (None: the library's own; 0: never)."""
+        settings = self.settings_for(method, neighbours)
+        check_threshold(threshold)
         if not self.classes():
             raise KshotError(
                 f"{self.root} has no enrolled images yet: enroll some first (kshot enroll)"
             )
         embedded = embed_files(self.embedder, images, on_progress=on_progress)
-        scores = self.scores(embedded.vectors, method, neighbours)
+        decisions = self.decisions(embedded.vectors, settings, top_k, threshold)
         results: list[QueryResult | None] = [None] * len(images)
-        for i, score in zip(embedded.indices, scores, strict=True):
-            results[i] = QueryResult(str(images[i]), decision=decide(score, top_k, threshold))
+        for i, decision in zip(embedded.indices, decisions, strict=True):
+            results[i] = QueryResult(str(images[i]), decision=decision)
         for i, error in embedded.errors:
             results[i] = QueryResult(str(images[i]), error=error)
         return results
 
-    def scores(
-        self, vectors: np.ndarray, method: str = "prototype", neighbours: int = 10
-    ) -> list[dict[str, float]]:
-        """``{label: score}`` for each embedded query ``vectors (m, dim)``."""
-        if method == "prototype":
-            names, centres = self._prototypes()
-            return [dict(zip(names, row.tolist(), strict=True)) for row in vectors @ centres.T]
-        sims, ids = self.index.search(vectors, min(neighbours, len(self.index)))
+    def settings_for(self, method: str | None, neighbours: int = 10) -> DecisionSettings:
+        """The library's decision settings, with another rule if ``method`` names one."""
+        if method is None or method == self.settings.method:
+            return self.settings
+        centre = self.settings.centre if method != "knn" else "none"
+        return DecisionSettings(method, neighbours, centre)
+
+    def confidences(
+        self, vectors: np.ndarray, settings: DecisionSettings | None = None
+    ) -> tuple[Decider, np.ndarray]:
+        """The fitted decision and the confidences ``(Q, C)`` of embedded queries
+        ``vectors (Q, D)`` over its classes."""
+        decider = self.decider(settings)
+        if decider is None:
+            raise KshotError(f"{self.root} has no enrolled images yet: enroll some first")
+        if decider.settings.method == "knn":
+            scores = self._knn_scores(decider, vectors)
+        else:
+            scores = decider.scores(vectors)
+        return decider, decider.confidences(scores)
+
+    def _knn_scores(self, decider: Decider, vectors: np.ndarray) -> np.ndarray:
+        """kNN through the library's index, which holds every enrolled image."""
+        index = self.index
+        k = min(decider.settings.neighbours, len(index))
+        sims, ids = index.search(vectors, k)
         label_of = self.catalogue.labels_of(ids)
-        labels = [[label_of.get(int(i)) for i in row] for row in ids]
-        return knn_scores(sims, labels, dict(self.classes()))
+        code_of = {label: c for c, label in enumerate(decider.classes)}
+        codes = np.array(
+            [[code_of.get(label_of.get(int(i)), -1) for i in row] for row in ids], dtype=np.intp
+        ).reshape(sims.shape)
+        return decider.rule.vote(sims, codes)
+
+    def decisions(
+        self,
+        vectors: np.ndarray,
+        settings: DecisionSettings | None = None,
+        top_k: int = 5,
+        threshold: float | None = None,
+    ) -> list[Decision]:
+        """The answer for each embedded query ``vectors (Q, D)``; ``threshold`` as in
+        :meth:`query`."""
+        check_threshold(threshold)
+        decider, confidences = self.confidences(vectors, settings)
+        if threshold is None:
+            threshold = decider.calibration.threshold
+        return [decide(decider.classes, row, top_k, threshold or None) for row in confidences]
+
+
+def check_threshold(threshold: float | None) -> None:
+    """Confidences lie in [0, 1]; a threshold outside cannot mean anything."""
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise KshotError(
+            f"threshold {threshold} is outside the confidence range: give a value from 0 "
+            "(never answer unknown) to 1"
+        )
 
 
 def folder_items(root: Path) -> tuple[list[tuple[Path, str]], list[InputError]]:

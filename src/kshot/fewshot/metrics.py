@@ -11,7 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 from kshot.fewshot.labels import UNKNOWN
 
@@ -146,3 +151,23 @@ def retrieval_metrics(
     return {"queries": int(counted.sum())} | {
         name: float(result[name]) for name in RETRIEVAL_METRICS
     }
+
+
+def class_roc_auc(
+    true: Sequence[str], confidences: np.ndarray, classes: Sequence[str]
+) -> float | None:
+    """One-vs-rest ROC-AUC of ``confidences (n, C)`` over ``classes``, macro-averaged over the
+    classes that occur in ``true`` (scikit-learn); None when fewer than two occur."""
+    present = sorted(set(true))
+    if len(present) < 2:
+        return None
+    columns = [list(classes).index(label) for label in present]
+    truth = np.array([[label == c for c in present] for label in true], dtype=int)
+    return float(roc_auc_score(truth, np.asarray(confidences)[:, columns], average="macro"))
+
+
+def known_unknown_auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """ROC-AUC of telling queries of enrolled classes (``known`` confidences) from queries of
+    classes the library lacks (``unknown``): 1 separates them perfectly, 0.5 is chance."""
+    labels = np.concatenate([np.ones(len(known)), np.zeros(len(unknown))])
+    return float(roc_auc_score(labels, np.concatenate([known, unknown])))

@@ -32,13 +32,19 @@ def _summary_row(name: str, r: dict) -> str:
         f"| {r['weighted']['precision']:.3f} | {r['weighted']['recall']:.3f} "
         f"| {r['weighted']['f1']:.3f} | {retrieval['precision_at_1']:.3f} "
         f"| {retrieval['r_precision']:.3f} | {retrieval['mean_average_precision_at_r']:.3f} "
+        f"| {_number(r.get('roc_auc'))} | {_number(r.get('open_set', {}).get('auroc'))} "
         f"| {1000 * r['seconds_per_image']:.1f} |"
     )
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 SUMMARY_HEADER = (
     "| model | queries | accuracy | top-5 | precision (w) | recall (w) | F1 (w) | P@1 "
-    "| R-precision | MAP@R | ms/image |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| R-precision | MAP@R | ROC-AUC | unknown AUROC | ms/image |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -81,6 +87,17 @@ def open_set_markdown(report: dict) -> list[str]:
         f"Balanced threshold **{best['threshold']:.3f}**: {best['unknown_rejected']:.1%} of the "
         f"held-out classes' queries answered unknown, {best['known_rejected']:.1%} of the known "
         f"classes' queries wrongly rejected, known-class accuracy {best['known_accuracy']:.1%}.",
+        "",
+    ]
+    own = curve.get("at_library_threshold")
+    if own is not None:
+        lines += [
+            f"At the library's own threshold **{own['threshold']:.3f}** (chosen from its enrolled "
+            f"images alone): {own['known_rejected']:.1%} of the known classes' queries rejected, "
+            f"{own['unknown_accepted']:.1%} of the held-out classes' queries given a class. "
+            f"Known-vs-unknown ROC-AUC {curve['auroc']:.3f}.",
+        ]
+    lines += [
         "",
         "| threshold | unknown answered unknown | known wrongly rejected | known accuracy |",
         "|---:|---:|---:|---:|",

@@ -17,16 +17,18 @@ from pathlib import Path
 
 from kshot.errors import KshotError, StorageError
 from kshot.fewshot.catalogue import Catalogue, Removed
+from kshot.fewshot.decider import Decider, DecisionSettings
 from kshot.index.spec import IndexSpec
 
 log = logging.getLogger("kshot")
 
-MANIFEST, MODEL, CATALOGUE, INDEX, LOCK = (
+MANIFEST, MODEL, CATALOGUE, INDEX, LOCK, DECISION = (
     "manifest.json",
     "model.kshot",
     "catalogue.sqlite",
     "index.faiss",
     ".lock",
+    "decision.npz",
 )
 FORMAT, VERSION = "kshot-library", 1
 
@@ -38,6 +40,10 @@ class Manifest:
     index: IndexSpec
     library_id: str | None = None  # the catalogue's, to notice one swapped in from another library
     model: dict = field(default_factory=dict)  # what the model is (backbone...), for `kshot info`
+    # How queries are decided (DecisionSettings as a dict; absent in older libraries: defaults)
+    # and the test-time views embedded at enrollment and at query (``kshot init --tta``).
+    decision: dict = field(default_factory=dict)
+    tta: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         data = {
@@ -48,6 +54,8 @@ class Manifest:
             "index": self.index.to_dict(),
             "library_id": self.library_id,
             "model": self.model,
+            "decision": self.decision,
+            "tta": list(self.tta),
         }
         return json.dumps(data, indent=2) + "\n"
 
@@ -63,14 +71,17 @@ class Manifest:
                 raise ValueError(f"library version {data.get('version')} is not {VERSION}")
             spec = IndexSpec.from_dict(data["index"])
             model = data.get("model") or {}
-            if not isinstance(model, dict):
-                raise ValueError("model is not an object")
+            decision = data.get("decision") or {}
+            if not isinstance(model, dict) or not isinstance(decision, dict):
+                raise ValueError("model and decision must be objects")
             return cls(
                 data["model_sha256"],
                 int(data["embedding_dim"]),
                 spec,
                 data.get("library_id"),
                 model,
+                decision,
+                tuple(str(view) for view in data.get("tta") or ()),
             )
         except OSError as exc:
             raise StorageError.from_os(exc, path) from None
@@ -93,6 +104,7 @@ class LibraryStore:
         self.root = Path(root)
         self.manifest = manifest
         self.catalogue = Catalogue(self.root / CATALOGUE, manifest.embedding_dim)
+        self._decider: tuple[DecisionSettings, str, Decider | None] | None = None
         found = self.catalogue.library_id()
         if manifest.library_id and found and found != manifest.library_id:
             raise KshotError(
@@ -150,21 +162,81 @@ class LibraryStore:
         """``(label, image count)`` for each class, by label."""
         return self.catalogue.class_counts()
 
+    @property
+    def settings(self) -> DecisionSettings:
+        """How this library decides unless told otherwise (chosen at ``kshot init``)."""
+        return DecisionSettings(**self.manifest.decision)
+
+    def decider(self, settings: DecisionSettings | None = None) -> Decider | None:
+        """The decision fitted on what the library holds now (``None`` when it holds nothing):
+        the saved ``decision.npz`` when it was fitted on this very catalogue state with these
+        settings, else fitted here, in memory. Only a writer saves it (:meth:`refit_decision`)."""
+        settings = settings or self.settings
+        with self.catalogue.snapshot():
+            stamp = self.catalogue.stamp()
+            if self._decider is not None and self._decider[:2] == (settings, stamp):
+                return self._decider[2]
+            decider = self._saved_decider(settings, stamp)
+            if decider is None:
+                decider = self._fitted_decider(settings)
+        self._decider = (settings, stamp, decider)
+        return decider
+
+    def _saved_decider(self, settings: DecisionSettings, stamp: str) -> Decider | None:
+        path = self.root / DECISION
+        if not path.is_file():
+            return None
+        try:
+            decider, saved_stamp = Decider.load(path)
+        except KshotError as exc:
+            log.warning("%s; fitting the decision again from the catalogue", exc)
+            return None
+        return decider if (decider.settings, saved_stamp) == (settings, stamp) else None
+
+    def _fitted_decider(self, settings: DecisionSettings) -> Decider | None:
+        entries = self.entries()
+        if len(entries.ids) == 0:
+            return None
+        return Decider.fit(settings, entries.vectors, entries.labels)
+
+    def entries(self):
+        """Every enrolled image's id, label, source and embedding."""
+        return self.catalogue.entries()
+
+    def refit_decision(self) -> None:
+        """Fit the library's own decision on what it holds and save it, stamped: a writer's job,
+        done once after a change (not per committed batch). A failure to save loses nothing: the
+        catalogue holds everything, and readers fit in memory meanwhile."""
+        with self.locked():
+            decider = self.decider()
+            path = self.root / DECISION
+            try:
+                if decider is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    decider.save(path, self._decider[1])
+            except OSError as exc:
+                log.warning("could not save %s (%s); it is fitted again when needed", path, exc)
+
     def forget(self, label: str) -> int:
         """Remove every image of ``label``; returns how many there were."""
         with self._writing():
-            return len(self.catalogue.remove_label(label))
+            removed = len(self.catalogue.remove_label(label))
+        self.refit_decision()
+        return removed
 
     def forget_images(self, keys: list[str]) -> list[Removed]:
         """Remove the images whose SHA-256, or the path they were enrolled from, is in
         ``keys``; returns what was removed."""
         with self._writing():
-            return self.catalogue.remove_images(keys)
+            removed = self.catalogue.remove_images(keys)
+        self.refit_decision()
+        return removed
 
     def disk_use(self) -> dict[str, int]:
         """Bytes of each of the library's files."""
         sizes = {}
-        for name in (MANIFEST, MODEL, CATALOGUE, INDEX):
+        for name in (MANIFEST, MODEL, CATALOGUE, INDEX, DECISION):
             with contextlib.suppress(OSError):
                 sizes[name] = os.stat(self.root / name).st_size
         return sizes

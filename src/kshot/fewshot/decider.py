@@ -1,0 +1,129 @@
+"""A library's decision, fitted: centring, a rule, and the rule's calibration, saved as one file.
+
+    vectors (Q, D) -> centre on a reference mean, re-normalise (optional: SimpleShot's CL2N)
+                   -> rule.scores (Q, C) -> softmax(scale * scores): confidences (Q, C)
+
+Everything here is derived from the catalogue, like the FAISS index: the file is stamped with the
+catalogue's state it was fitted on and ignored (refitted) when that no longer matches. It holds
+only arrays and a JSON header, read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kshot.atomic import atomic_path
+from kshot.errors import KshotError
+from kshot.fewshot.calibration import Calibration, calibrate
+from kshot.fewshot.rules import RULES, DecisionRule, make_rule
+
+FORMAT, VERSION = "kshot-decision", 1
+CENTRINGS = ("none", "library")
+
+
+@dataclass(frozen=True)
+class DecisionSettings:
+    """How a library decides: the rule (``method``, kNN's ``neighbours``) and whether embeddings
+    are centred on the library's mean before the rule sees them (``centre``: none, library)."""
+
+    method: str = "logistic"
+    neighbours: int = 10
+    centre: str = "none"
+
+    def __post_init__(self):
+        if self.method not in RULES:
+            raise KshotError(f"unknown method {self.method!r}: use one of {', '.join(RULES)}")
+        if self.centre not in CENTRINGS:
+            raise KshotError(f"unknown centring {self.centre!r}: use one of {', '.join(CENTRINGS)}")
+        if self.neighbours < 1:
+            raise KshotError(f"neighbours must be at least 1, not {self.neighbours}")
+
+    def make_rule(self) -> DecisionRule:
+        return make_rule(self.method, self.neighbours)
+
+
+def centred(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    """``vectors (n, D)`` minus ``mean (D,)``, re-normalised; unchanged when ``mean`` is None."""
+    if mean is None:
+        return vectors
+    shifted = np.asarray(vectors, dtype=np.float32) - mean.astype(np.float32)
+    return shifted / np.maximum(np.linalg.norm(shifted, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class Decider:
+    settings: DecisionSettings
+    rule: DecisionRule
+    calibration: Calibration
+    mean: np.ndarray | None = None
+
+    @classmethod
+    def fit(
+        cls,
+        settings: DecisionSettings,
+        vectors: np.ndarray,
+        labels: Sequence[str],
+        calibrated: bool = True,
+    ) -> Decider:
+        """Fit on enrolled ``vectors (N, D)`` and ``labels (N,)``; ``calibrated=False`` skips the
+        cross-validated calibration (the confidence then uses scale 1 and no threshold)."""
+        mean = vectors.mean(axis=0) if settings.centre == "library" else None
+        vectors = centred(vectors, mean)
+        rule = settings.make_rule().fit(vectors, labels)
+        calibration = (
+            calibrate(settings.make_rule, vectors, labels) if calibrated else Calibration()
+        )
+        return cls(settings, rule, calibration, mean)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.rule.classes
+
+    def scores(self, vectors: np.ndarray) -> np.ndarray:
+        """The rule's raw scores ``(Q, C)`` of embedded queries ``vectors (Q, D)``."""
+        return self.rule.scores(centred(vectors, self.mean))
+
+    def confidences(self, scores: np.ndarray) -> np.ndarray:
+        """``(Q, C)`` probabilities of each class from the rule's scores; a row sums to the
+        probability that the query shows one of the classes at all."""
+        return self.calibration.confidences(scores)
+
+    def save(self, path: Path, stamp: str) -> None:
+        header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "stamp": stamp,
+            "settings": asdict(self.settings),
+            "calibration": asdict(self.calibration),
+        }
+        arrays = {f"rule.{k}": v for k, v in self.rule.state().items()}
+        if self.mean is not None:
+            arrays["mean"] = self.mean
+        with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, header=np.array(json.dumps(header)), **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[Decider, str]:
+        """The decider saved at ``path`` and the catalogue stamp it was fitted on."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(str(data["header"]))
+                if header.get("format") != FORMAT or header.get("version") != VERSION:
+                    raise ValueError("not a kshot decision file of this version")
+                settings = DecisionSettings(**header["settings"])
+                state = {k[5:]: data[k] for k in data.files if k.startswith("rule.")}
+                mean = data["mean"] if "mean" in data.files else None
+            rule = RULES[settings.method].from_state(state, **_options(settings))
+            calibration = Calibration(**header["calibration"])
+        except (OSError, ValueError, KeyError, TypeError, KshotError) as exc:
+            raise KshotError(f"{path}: damaged decision file ({exc})") from None
+        return cls(settings, rule, calibration, mean), header["stamp"]
+
+
+def _options(settings: DecisionSettings) -> dict:
+    return {"neighbours": settings.neighbours} if settings.method == "knn" else {}
