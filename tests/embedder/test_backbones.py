@@ -17,13 +17,19 @@ from kshot.embedder.conv4 import conv4, conv4_feature_dim
 from kshot.embedder.preprocess import PreprocessConfig
 from kshot.errors import KshotError
 
-TORCHVISION = [name for name in BACKBONES if name not in ("conv4", "efficientnet_lite0")]
+TORCHVISION = [
+    name
+    for name in BACKBONES
+    if name not in ("conv4", "efficientnet_lite0", "efficientnet_lite0_multilevel")
+]
 
 
 def test_registry_holds_the_documented_backbones():
     assert set(BACKBONES) == {
         "efficientnet_lite0",
+        "efficientnet_lite0_multilevel",
         "mobilenet_v2",
+        "mobilenet_v2_multilevel",
         "mobilenet_v3_large",
         "efficientnet_b0",
         "efficientnet_b3",

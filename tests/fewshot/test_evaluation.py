@@ -50,7 +50,13 @@ def folder_items(tmp_path):
 
 def test_evaluate_split_reports_what_a_query_decides(folder_items, tmp_path, conv4_embedder):
     support, queries, _ = split_items(folder_items, shots=2, seed=0)
-    report = evaluate_split(conv4_embedder, {}, support, queries, tmp_path / "lib")
+    reports = evaluate_split(
+        conv4_embedder, {}, support, queries, tmp_path / "lib", methods=["prototype", None]
+    )
+    assert reports["prototype"]["method"] == "prototype"
+    report = reports[None]
+    assert report["method"] == "logistic"  # the library's default rule
+    assert 0.0 <= report["roc_auc"] <= 1.0
     assert report["queries"] == len(queries) == 12 and report["classes"] == 3
     wrong = len(report["misclassified"])
     assert report["accuracy"] == pytest.approx(1 - wrong / 12)
@@ -63,11 +69,12 @@ def test_evaluate_split_with_held_out_classes_reports_the_open_set(
     folder_items, tmp_path, conv4_embedder
 ):
     support, queries, held_out = split_items(folder_items, shots=2, unknown_classes=1, seed=0)
-    report = evaluate_split(
+    (report,) = evaluate_split(
         conv4_embedder, {}, support, queries, tmp_path / "lib", held_out=held_out
-    )
+    ).values()
     assert report["held_out_classes"] == held_out and report["classes"] == 2
     assert report["queries"] == 8  # held-out queries are not counted as known ones
+    assert 0.0 <= report["open_set"]["auroc"] <= 1.0
     balanced = report["open_set"]["balanced"]
     assert 0 <= balanced["unknown_rejected"] <= 1 and 0 <= balanced["known_rejected"] <= 1
 
@@ -75,5 +82,5 @@ def test_evaluate_split_with_held_out_classes_reports_the_open_set(
 def test_episodes_are_repeatable(folder_items, conv4_embedder):
     first = evaluate_episodes(conv4_embedder, folder_items, ways=3, shots=1, queries=2, episodes=4)
     again = evaluate_episodes(conv4_embedder, folder_items, ways=3, shots=1, queries=2, episodes=4)
-    assert first == again and set(first) == {"prototype", "knn"}
+    assert first == again and set(first) == {"prototype", "knn", "logistic"}
     assert len(first["prototype"]["accuracies"]) == 4

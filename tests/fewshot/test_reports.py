@@ -43,8 +43,8 @@ def test_write_report_writes_json_and_markdown(tmp_path):
 def test_split_markdown_shows_the_numbers_and_escapes_pipes():
     text = split_markdown("model", _report())
     assert (
-        "| model | 4 | 75.0% | 100.0% | 0.800 | 0.750 | 0.700 | 0.500 | 0.250 | 0.125 | 12.0 |"
-        in text
+        "| model | 4 | 75.0% | 100.0% | 0.800 | 0.750 | 0.700 | 0.500 | 0.250 | 0.125 | - | - "
+        "| 12.0 |" in text
     )
     assert "| a\\|b | 1.000 | 0.500 | 0.667 | 2 |" in text
 

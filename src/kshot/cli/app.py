@@ -113,6 +113,13 @@ def init(
         Centre,
         typer.Option(help="library: centre embeddings on the library's mean before deciding."),
     ] = Centre.none,
+    tta: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Test-time augmentation view averaged in at enroll and query (repeatable): "
+            "hflip, vflip, full. Each view costs one more forward pass per image.",
+        ),
+    ] = None,
     device: Device = "auto",
 ):
     """Create an empty library bound to one model (with neither --model nor --backbone: the
@@ -123,14 +130,16 @@ def init(
 
     check_new_library_path(library)
     if model is None and backbone is None:
-        from kshot.embedder.backbones import DEFAULT_BACKBONE
+        from kshot.embedder.backbones import default_embedder
 
-        backbone = DEFAULT_BACKBONE
+        backbone, notice = default_embedder()
+        if notice:
+            say(f"kshot: {notice}")
         say(f"no --model or --backbone: using the default embedder, {backbone}")
     embedder, info = embedder_from(model, backbone, weights, pretrained)
     settings = DecisionSettings(method.value, centre=centre.value)
     spec = IndexSpec(kind=index.value)
-    Library.create(library, embedder, info, spec, device=device, settings=settings)
+    Library.create(library, embedder, info, spec, device=device, settings=settings, tta=tta or ())
     say(
         f"created library {library} ({embedder.embedding_dim}-d embeddings, {index.value} index, "
         f"{method.value} decisions)"
@@ -288,7 +297,7 @@ def backbones():
     for name, spec in BACKBONES.items():
         config = spec.default_preprocess()
         pretrained = "ImageNet weights" if spec.pretrained else "trained from scratch"
-        default = "  (default)" if name == DEFAULT_BACKBONE else ""
+        default = "  (default for kshot train)" if name == DEFAULT_BACKBONE else ""
         size = f"{spec.feature_dim(config):>5}-d  {config.input_size}px"
         typer.echo(f"{name:<20} {size}  {pretrained}{default}")
 

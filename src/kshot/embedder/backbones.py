@@ -225,7 +225,26 @@ BACKBONES: dict[str, BackboneSpec] = {
         _conv4(),
     )
 }
-DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_BACKBONE = "efficientnet_lite0"  # what `kshot train` builds on
+# What `kshot init` builds with neither --model nor --backbone: the best measured on new classes
+# with no training (BENCHMARKS.md, benchmarks/decisions.py), both members' weights offline.
+DEFAULT_EMBEDDER = "efficientnet_lite0_multilevel+mobilenet_v2_multilevel"
+FALLBACK_EMBEDDER = "efficientnet_lite0_multilevel"  # its weights come with kshot itself
+
+
+def default_embedder() -> tuple[str, str | None]:
+    """The backbone of the default embedder and, when it must fall back because MobileNetV2's
+    weights are not on this machine, a notice saying how to get them."""
+    from torchvision.models import get_model_weights
+
+    cached = torchvision_cache_file(get_model_weights("mobilenet_v2").DEFAULT).is_file()
+    if cached or mobilenet_v2_weights.packaged_file() is not None:
+        return DEFAULT_EMBEDDER, None
+    return FALLBACK_EMBEDDER, (
+        f"MobileNetV2's weights are not on this machine, so the default embedder is "
+        f"{FALLBACK_EMBEDDER} alone; for {DEFAULT_EMBEDDER} (better on new classes): "
+        f"{mobilenet_v2_weights.INSTALL}"
+    )
 ENSEMBLE_SEPARATOR = "+"
 
 

@@ -71,7 +71,7 @@ def evaluate_library(
     enrolled = {label for label, _ in library.classes()}
     held_out = sorted(set(held_out) | {label for _, label in queries if label not in enrolled})
     start = time.perf_counter()
-    embedded = embed_files(library.embedder, [p for p, _ in queries], on_progress=on_progress)
+    embedded = library.embed([p for p, _ in queries], on_progress=on_progress)
     seconds = time.perf_counter() - start
     settings = library.settings_for(method, neighbours)
     decider, confidences = library.confidences(embedded.vectors, settings)

@@ -32,6 +32,7 @@ from kshot.embedder.images import class_tree, file_sha256
 from kshot.embedder.inference import embed_files
 from kshot.embedder.model import Embedder
 from kshot.embedder.runtime import resolve_device
+from kshot.embedder.tta import check_views
 from kshot.errors import InputError, KshotError, StorageError, os_error_message
 from kshot.fewshot.catalogue import Catalogue, Entries, NewImage
 from kshot.fewshot.decider import Decider, DecisionSettings
@@ -120,6 +121,7 @@ class Library(LibraryStore):
         (default: :class:`DecisionSettings`'s); ``tta``: views averaged at enroll and query."""
         root = check_new_library_path(root)
         settings = settings or DecisionSettings()
+        tta = check_views(tta)
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -375,7 +377,9 @@ class Library(LibraryStore):
     ) -> None:
         items = self._not_yet_enrolled(items, report, on_progress)
         paths = [Path(p) for p, _ in items]
-        embedded = embed_files(self.embedder, paths, digest=True, on_progress=on_progress)
+        embedded = embed_files(
+            self.embedder, paths, digest=True, on_progress=on_progress, tta=self.manifest.tta
+        )
         report.errors += [error for _, error in embedded.errors]
         given = [str(items[i][0]) for i in embedded.indices]  # reported as the caller named them
         new = [
@@ -453,7 +457,7 @@ class Library(LibraryStore):
             raise KshotError(
                 f"{self.root} has no enrolled images yet: enroll some first (kshot enroll)"
             )
-        embedded = embed_files(self.embedder, images, on_progress=on_progress)
+        embedded = self.embed(images, on_progress)
         decisions = self.decisions(embedded.vectors, settings, top_k, threshold)
         results: list[QueryResult | None] = [None] * len(images)
         for i, decision in zip(embedded.indices, decisions, strict=True):
@@ -461,6 +465,10 @@ class Library(LibraryStore):
         for i, error in embedded.errors:
             results[i] = QueryResult(str(images[i]), error=error)
         return results
+
+    def embed(self, images: Sequence[str | Path], on_progress: Progress | None = None):
+        """Embed query ``images`` as the library's images were (its TTA views included)."""
+        return embed_files(self.embedder, images, on_progress=on_progress, tta=self.manifest.tta)
 
     def settings_for(self, method: str | None, neighbours: int = 10) -> DecisionSettings:
         """The library's decision settings, with another rule if ``method`` names one."""
