@@ -245,6 +245,8 @@ def default_embedder() -> tuple[str, str | None]:
         f"{FALLBACK_EMBEDDER} alone; for {DEFAULT_EMBEDDER} (better on new classes): "
         f"{mobilenet_v2_weights.INSTALL}"
     )
+
+
 ENSEMBLE_SEPARATOR = "+"
 
 
