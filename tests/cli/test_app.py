@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kshot.embedder.backbone_info import listed_backbones
 from tests.cli.conftest import make_bomb, make_image
 
 
@@ -19,9 +20,11 @@ def test_help_lists_every_command_without_importing_torch(kshot):
     output = kshot("--help").output
     for name in ("init", "enroll", "query", "classes", "forget", "embed", "train", "demo"):
         assert name in output
-    probe = "import sys, kshot.cli.app; print('torch' in sys.modules, 'faiss' in sys.modules)"
+    probe = (
+        "import sys, kshot.cli.app; print(*(m in sys.modules for m in ('torch', 'faiss', 'timm')))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["False", "False", "False"]
 
 
 def test_init_writes_a_self_contained_library(library):
@@ -224,6 +227,17 @@ def test_embed_writes_vectors_and_labels(kshot, library, images, tmp_path):
 def test_backbones_lists_the_registry(kshot):
     lines = kshot("backbones").output.splitlines()
     assert lines[0].startswith("efficientnet_lite0") and "(default)" in lines[0]
-    from kshot.embedder.backbones import BACKBONES
+    assert any(line.startswith("conv4") for line in lines)
+    assert any(line.startswith("inception_v3 ") for line in lines)
+    assert any(line.startswith("timm:vit_small_patch14_dinov2") for line in lines)
+    assert len(lines) == len(listed_backbones())
 
-    assert any(line.startswith("conv4") for line in lines) and len(lines) == len(BACKBONES)
+
+def test_backbones_details_add_parameters_and_gflops(kshot, monkeypatch):
+    from kshot.embedder import backbone_info
+
+    monkeypatch.setattr(backbone_info, "listed_backbones", lambda: ["resnet50", "conv4"])
+    lines = kshot("backbones", "--details").output.splitlines()
+    assert len(lines) == 2
+    assert "23.5M params" in lines[0] and "8.2 GFLOPs" in lines[0]
+    assert "trained from scratch" in lines[1]

@@ -64,6 +64,12 @@ def test_evaluate_compares_models(kshot, data, model, tmp_path):
     assert list(rows) == ["model", "second"]
     assert rows["model"]["accuracy"] == rows["second"]["accuracy"]  # the same weights
     assert "| second |" in result.stdout and (out / "comparison.md").exists()
+    speed = rows["second"]["speed"]
+    assert (
+        speed["precision"] == "fp32" and speed["parameters"] == rows["model"]["speed"]["parameters"]
+    )
+    assert speed["ms_per_image_batch1"] > 0 and speed["ms_per_image_batch32"] > 0
+    assert "## Speed and size" in result.stdout
 
 
 def test_evaluate_episodes_is_seeded(kshot, data, model, tmp_path):

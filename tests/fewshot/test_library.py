@@ -111,6 +111,22 @@ def test_manifest_json_round_trip():
     )
 
 
+def test_manifest_records_the_precision_and_reads_older_ones_as_fp32(tmp_path):
+    manifest = Manifest("ab" * 32, 64, IndexSpec(), precision="bf16")
+    data = json.loads(manifest.to_json())
+    assert data["precision"] == "bf16"
+    path = tmp_path / "manifest.json"
+    path.write_text(manifest.to_json())
+    assert Manifest.read(path) == manifest
+    del data["precision"]  # a library made before precisions were recorded
+    path.write_text(json.dumps(data))
+    assert Manifest.read(path).precision == "fp32"
+    data["precision"] = "fp8"
+    path.write_text(json.dumps(data))
+    with pytest.raises(KshotError, match="unknown precision"):
+        Manifest.read(path)
+
+
 def test_create_into_an_existing_empty_directory(root, conv4_embedder):
     root.mkdir()
     Library.create(root, conv4_embedder, {}, SPEC, device="cpu")
@@ -826,3 +842,10 @@ def test_a_path_with_a_newline(tmp_path, conv4_embedder, make_image):
     assert lib.entries().sources == [str(image.resolve())]
     assert [r.label for r in lib.forget_images([str(image.resolve())])] == ["odd"]
     assert lib.classes() == []
+
+
+def test_the_manifest_knows_the_precisions_the_embedder_has():
+    from kshot.embedder.precision import PRECISIONS as EMBEDDER_PRECISIONS
+    from kshot.fewshot.store import PRECISIONS
+
+    assert PRECISIONS == EMBEDDER_PRECISIONS

@@ -57,6 +57,22 @@ def test_long_misclassified_lists_are_cut_in_markdown_only():
 def test_comparison_has_a_row_per_model():
     text = comparison_markdown({"one": _report(), "two": _report()})
     assert text.count("| one |") == 1 and text.count("| two |") == 1
+    assert "Speed and size" not in text
+
+
+def test_comparison_adds_speed_and_size_where_measured():
+    timed = _report()
+    timed["speed"] = {
+        "precision": "bf16",
+        "ms_per_image_batch1": 12.345,
+        "ms_per_image_batch32": 4.5,
+        "parameters": 3_400_000,
+        "megabytes": 13.61,
+    }
+    text = comparison_markdown({"one": _report(), "fast": timed})
+    row = next(line for line in text.splitlines()[4:] if line.startswith("| fast | bf16"))
+    assert "| 12.3 | 4.5 | 3.4M | 13.6 |" in row
+    assert text.count("| one |") == 1  # not timed: no speed row
 
 
 def test_open_set_section_states_the_balanced_threshold():

@@ -21,8 +21,19 @@ from kshot.cli.console import (
     set_thread_count,
     setup_logging,
 )
-from kshot.cli.embedders import embedder_from
-from kshot.cli.options import METHOD_HELP, AsJson, Centre, Device, IndexKind, LibraryDir, Method
+from kshot.cli.embedders import embedder_from, open_library, set_precision
+from kshot.cli.options import (
+    METHOD_HELP,
+    AsJson,
+    Centre,
+    Device,
+    IndexKind,
+    LibraryDir,
+    LibraryPrecision,
+    Method,
+    Precision,
+    PrecisionOption,
+)
 from kshot.errors import KshotError
 
 app = typer.Typer(
@@ -120,6 +131,7 @@ def init(
             "hflip, vflip, full. Each view costs one more forward pass per image.",
         ),
     ] = None,
+    precision: PrecisionOption = Precision.fp32,
     device: Device = "auto",
 ):
     """Create an empty library bound to one model (with neither --model nor --backbone: the
@@ -137,12 +149,22 @@ def init(
             say(f"kshot: {notice}")
         say(f"no --model or --backbone: using the default embedder, {backbone}")
     embedder, info = embedder_from(model, backbone, weights, pretrained)
+    chosen = set_precision(embedder, precision.value, device)
     settings = DecisionSettings(method.value, centre=centre.value)
     spec = IndexSpec(kind=index.value)
-    Library.create(library, embedder, info, spec, device=device, settings=settings, tta=tta or ())
+    Library.create(
+        library,
+        embedder,
+        info,
+        spec,
+        device=device,
+        settings=settings,
+        tta=tta or (),
+        precision=chosen,
+    )
     say(
         f"created library {library} ({embedder.embedding_dim}-d embeddings, {index.value} index, "
-        f"{method.value} decisions)"
+        f"{method.value} decisions, {chosen})"
     )
     say(f"next: kshot enroll {library} --label NAME IMAGE...   or   kshot enroll {library} DIR")
 
@@ -165,6 +187,7 @@ def enroll(
         typer.Option(help="Enroll bytes already enrolled under another label (refused if not)."),
     ] = False,
     as_json: AsJson = False,
+    precision: LibraryPrecision = None,
     device: Device = "auto",
 ):
     """Add labelled images to a library: a new class from a few photos, no retraining.
@@ -173,7 +196,7 @@ def enroll(
     (images already enrolled are skipped)."""
     from kshot.embedder.images import images_in
     from kshot.fewshot.labels import check_label
-    from kshot.fewshot.library import EnrollReport, Library, folder_items
+    from kshot.fewshot.library import EnrollReport, folder_items
 
     if label is None:
         if len(inputs) == 1 and not Path(inputs[0]).exists():
@@ -191,7 +214,7 @@ def enroll(
             raise KshotError(str(exc)) from None
         paths, refused = images_in(inputs)
         items = [(path, label) for path in paths]
-    lib = Library.open(library, device=device)
+    lib = open_library(library, precision and precision.value, [p for p, _ in items], device)
     with progress("enrolling", len(items)) as advance:
         report = (
             lib.enroll(items, on_progress=advance, allow_relabel=allow_relabel)
@@ -232,14 +255,15 @@ def query(
         Path | None, typer.Option(help="Refuse to run unless the library uses this model.")
     ] = None,
     as_json: AsJson = False,
+    precision: LibraryPrecision = None,
     device: Device = "auto",
 ):
     """Classify images against a library's classes."""
     from kshot.embedder.images import images_in
-    from kshot.fewshot.library import Library, QueryResult
+    from kshot.fewshot.library import QueryResult
 
     paths, refused = images_in(images)
-    lib = Library.open(library, model=model, device=device)
+    lib = open_library(library, precision and precision.value, paths, device, model)
     with progress("querying", len(paths)) as advance:
         chosen = method.value if method is not None else None
         results = lib.query(paths, chosen, top_k, threshold, neighbours, advance)
@@ -290,16 +314,30 @@ def forget(
 
 
 @command
-def backbones():
-    """List the backbones an embedder can be built on."""
-    from kshot.embedder.backbones import BACKBONES, DEFAULT_BACKBONE
+def backbones(
+    details: Annotated[
+        bool, typer.Option(help="Also parameters and GFLOPs per image (builds each model).")
+    ] = False,
+):
+    """List the backbones an embedder can be built on (any timm model too, as timm:NAME), and
+    whether their pretrained weights are on this machine (nothing is downloaded)."""
+    from kshot.embedder.backbone_info import describe, listed_backbones
+    from kshot.embedder.backbones import DEFAULT_BACKBONE
 
-    for name, spec in BACKBONES.items():
-        config = spec.default_preprocess()
-        pretrained = "ImageNet weights" if spec.pretrained else "trained from scratch"
+    for name in listed_backbones():
+        info = describe(name, details)
+        size = f"{info.feature_dim:>5}-d  {info.input_size:>3}px"
+        weights = {
+            "installed": "ImageNet weights installed",
+            "cached": "pretrained weights cached",
+            "absent": "weights not on this machine (downloaded on first use)",
+            "none": "trained from scratch",
+        }[info.weights]
+        extra = (
+            f"  {info.parameters / 1e6:6.1f}M params {info.gflops:6.1f} GFLOPs" if details else ""
+        )
         default = "  (default for kshot train)" if name == DEFAULT_BACKBONE else ""
-        size = f"{spec.feature_dim(config):>5}-d  {config.input_size}px"
-        typer.echo(f"{name:<20} {size}  {pretrained}{default}")
+        typer.echo(f"{name:<42} {size}{extra}  {weights}{default}")
 
 
 @command
@@ -313,6 +351,7 @@ def embed(
         str | None, typer.Option(help="An untrained backbone (a+b: an ensemble).")
     ] = None,
     weights: Annotated[Path | None, typer.Option(help="Backbone weights file.")] = None,
+    precision: PrecisionOption = Precision.fp32,
     device: Device = "auto",
 ):
     """Write embeddings of images (.npy) and their labels (.csv) for tools of your own."""
@@ -322,11 +361,10 @@ def embed(
 
     from kshot.atomic import atomic_path
     from kshot.embedder.inference import embed_files
-    from kshot.embedder.runtime import resolve_device
     from kshot.fewshot.library import folder_items
 
     embedder, _ = embedder_from(model, backbone, weights, pretrained=True)
-    embedder.for_inference(resolve_device(device))
+    set_precision(embedder, precision.value, device)  # on the device, in inference mode
     items: list[tuple[Path, str]] = []
     refused = []
     for entry in map(Path, inputs):

@@ -1,4 +1,4 @@
-"""Which embedder a command uses: a model file, or an untrained backbone."""
+"""Which embedder a command uses: a model file, or an untrained backbone; in which precision."""
 
 from __future__ import annotations
 
@@ -26,3 +26,33 @@ def embedder_from(model: Path | None, backbone: str | None, weights: Path | None
     else:
         source = "random weights"
     return embedder, {"trained": False, "source": f"{backbone}, {source}, no head"}
+
+
+def set_precision(embedder, precision: str, device: str) -> str:
+    """Run ``embedder`` in ``precision`` (``auto`` measured, see kshot.embedder.precision) on
+    ``device``; returns the precision chosen."""
+    from kshot.embedder import precision as precisions
+    from kshot.embedder.runtime import resolve_device
+
+    target = resolve_device(device)
+    embedder.for_inference(target)  # auto measures the embedder as it will run
+    embedder.precision = precisions.resolve(precision, embedder, target)
+    return embedder.precision
+
+
+def open_library(root: Path, precision: str | None, photos, device: str, model=None):
+    """The library at ``root``; a ``precision`` other than its own is used once
+    ``check_mixing`` on ``photos`` finds the two precisions' embeddings alike."""
+    from kshot.cli.console import say
+    from kshot.embedder.precision import check_mixing
+    from kshot.fewshot.library import Library
+
+    lib = Library.open(root, model=model, device=device)
+    if precision is None:
+        return lib
+    asked = set_precision(lib.embedder, precision, device)
+    built = lib.manifest.precision
+    if asked != built:
+        say(check_mixing(lib.embedder, photos, built, asked))
+    lib.precision = asked
+    return lib

@@ -12,7 +12,7 @@ import typer
 
 from kshot.cli.console import progress, say
 from kshot.cli.embedders import embedder_from
-from kshot.cli.options import AsJson, Device, LibraryDir, Method
+from kshot.cli.options import AsJson, Device, LibraryDir, Method, Precision, PrecisionOption
 from kshot.errors import KshotError
 
 
@@ -50,9 +50,15 @@ def evaluate(
     neighbours: Annotated[int, typer.Option(min=1, help="k of --method knn.")] = 10,
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="Folder for the reports.")] = Path("kshot-report"),
+    speed: Annotated[
+        bool,
+        typer.Option(help="Comparing: also ms/image at batch 1 and 32, and the model's size."),
+    ] = True,
+    precision: PrecisionOption = Precision.fp32,
     device: Device = "auto",
 ):
     """Measure accuracy, precision, recall, F1 and retrieval metrics; episodes; 'unknown'."""
+    from kshot.embedder.speed import speed_report
     from kshot.fewshot import evaluation, reports
     from kshot.fewshot.library import MANIFEST, Library, folder_items
 
@@ -71,7 +77,7 @@ def evaluate(
             results[_method_name(data.name, chosen, methods)] = report
         _publish_all(out, results)
         return
-    candidates = _embedders(model or [], backbone or [], device)
+    candidates = _embedders(model or [], backbone or [], device, precision.value)
     items, _ = folder_items(data)
     if episodes is not None:
         for name, (embedder, _) in candidates.items():
@@ -106,7 +112,10 @@ def evaluate(
                 held_out=held_out,
                 on_progress=advance,
             )
+        timed = speed_report(embedder) if speed and len(candidates) > 1 else None
         for chosen, report in by_method.items():
+            if timed is not None:
+                report["speed"] = timed
             results[_method_name(name, chosen, methods)] = report
     _publish_all(out, results)
 
@@ -127,9 +136,10 @@ def _publish_all(out: Path, results: dict) -> None:
         typer.echo(reports.comparison_markdown(results))
 
 
-def _embedders(models: list[Path], backbones: list[str], device: str) -> dict:
-    """``{name: (embedder, info)}`` for each model file and untrained backbone, on ``device``."""
-    from kshot.embedder.runtime import resolve_device
+def _embedders(models: list[Path], backbones: list[str], device: str, precision: str) -> dict:
+    """``{name: (embedder, info)}`` for each model file and untrained backbone, on ``device``
+    in ``precision`` (``auto``: each its own)."""
+    from kshot.cli.embedders import set_precision
 
     if not models and not backbones:
         raise KshotError("give --model FILE or --backbone NAME (each may be repeated)")
@@ -139,7 +149,7 @@ def _embedders(models: list[Path], backbones: list[str], device: str) -> dict:
     for name in backbones:
         found[name] = embedder_from(None, name, None, True)
     for embedder, _ in found.values():
-        embedder.for_inference(resolve_device(device))
+        set_precision(embedder, precision, device)  # on the device, in inference mode
     return found
 
 

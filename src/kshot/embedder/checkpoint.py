@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -34,11 +35,14 @@ def model_hash(embedder: Embedder) -> str:
 
 def save_checkpoint(embedder: Embedder, path: Path, info: dict | None = None) -> str:
     """Write ``embedder`` to ``path`` atomically; returns its model hash."""
+    state = embedder.state_dict()
+    tensors = OrderedDict((k, v.detach().cpu()) for k, v in state.items())
+    tensors._metadata = state._metadata  # module versions: MNASNet refuses weights without them
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "config": embedder.config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in embedder.state_dict().items()},
+        "state_dict": tensors,
         "info": info or {},
     }
     with atomic_path(Path(path)) as tmp:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kshot.embedder.backbones import build_backbone, get_backbone
+from kshot.embedder.precision import autocast
 from kshot.embedder.preprocess import PreprocessConfig
 
 
@@ -92,13 +93,17 @@ class Embedder(nn.Module):
         self.feature_dim = get_backbone(config.backbone).feature_dim(config.preprocess)
         self.backbone = backbone
         self.head = _head(self.feature_dim, config)
+        # "fp32" or "bf16" (see precision.py): how the backbone runs; not part of the model.
+        self.precision = "fp32"
 
     @property
     def embedding_dim(self) -> int:
         return self.config.embedding_dim or self.feature_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.embed_features(self.backbone(images))
+        with autocast(self.precision, images.device):
+            features = self.backbone(images)
+        return self.embed_features(features.float())  # the head and norm in float32
 
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         """``(N, feature_dim)`` backbone features -> ``(N, D)`` unit-length embeddings."""

@@ -71,6 +71,7 @@ class TrainConfig:
     augment_head: bool = False  # augment in stage 1 too (recomputing the frozen features)
     rotation_classes: bool = False  # see kshot.embedder.trainset.with_rotation_classes
     amp: bool = True  # float16 autocast on CUDA (ignored on the CPU)
+    precision: str = "fp32"  # "bf16": bfloat16 autocast on the CPU (see embedder/precision.py)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -163,17 +164,28 @@ class _FromFeatures(nn.Module):
 
 class Stepper:
     """One optimisation step: forward, loss, backward, every optimiser (with a gradient scaler
-    under float16 autocast on CUDA). ``benchmarks/train_step.py`` times it against a bare loop."""
+    under float16 autocast on CUDA; bfloat16 autocast on the CPU with ``precision="bf16"``, which
+    needs no scaler). ``benchmarks/train_step.py`` times it against a bare loop."""
 
-    def __init__(self, model: nn.Module, optimizers: list, device: torch.device, amp: bool):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizers: list,
+        device: torch.device,
+        amp: bool,
+        precision: str = "fp32",
+    ):
         self.model, self.optimizers, self.device = model, optimizers, device
         self.amp = amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
+        cpu_bf16 = precision == "bf16" and device.type == "cpu"
+        self.dtype = torch.float16 if self.amp else torch.bfloat16
+        self.autocast = self.amp or cpu_bf16
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         inputs = inputs.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast):
             loss = self.model(inputs, labels)
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
@@ -358,7 +370,7 @@ class _Run:
             for schedule, state in zip(schedules, self.saved_optimizers["schedules"], strict=True):
                 if schedule is not None:
                     schedule.load_state_dict(state)
-        step = Stepper(model, optimizers, self.device, config.amp)
+        step = Stepper(model, optimizers, self.device, config.amp, config.precision)
         for stage_epoch in range(self.stage_epoch + 1, stage.epochs + 1):
             epoch = len(self.history) + 1
             seed_everything(_epoch_seed(config.seed, epoch, world.rank))

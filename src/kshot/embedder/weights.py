@@ -1,6 +1,7 @@
 """Loading pretrained weights: torchvision's weights API (downloaded once, then cached) or a file.
 
-Files are untrusted data: they are read with ``weights_only=True``, which refuses pickled code.
+Files are untrusted data: torch files are read with ``weights_only=True``, which refuses pickled
+code; ``.safetensors`` files hold tensors only.
 """
 
 from __future__ import annotations
@@ -28,8 +29,26 @@ def read_torch_file(path: Path, what: str):
     raise KshotError(f"{path}: not a {what} ({reason})")
 
 
+def read_safetensors_file(path: Path) -> dict:
+    """The tensors of a ``.safetensors`` file; ``KshotError`` naming the file otherwise."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise KshotError(f"{path}: no such weights file")
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise KshotError(f"{path}: not a safetensors weights file ({reason})") from None
+
+
 def load_state_dict_file(path: Path) -> dict:
-    """A state dict from ``path`` (a bare state dict, or one under a ``state_dict`` key)."""
+    """A state dict from ``path``: a ``.safetensors`` file, or a torch file holding a bare state
+    dict or one under a ``state_dict`` key."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors_file(path)
     state = read_torch_file(path, "weights file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -38,23 +57,23 @@ def load_state_dict_file(path: Path) -> dict:
     return state
 
 
-def torchvision_cache_file(weights) -> Path:
-    """Where torch keeps torchvision ``weights`` once downloaded."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-
-
-def torchvision_state_dict(name: str, weights, offline_hint: str = "") -> dict:
-    """The state dict of torchvision ``weights``, from torch's cache or downloaded into it.
+def url_state_dict(name: str, url: str, offline_hint: str = "") -> dict:
+    """The state dict at ``url``, from torch hub's cache or downloaded into it.
     ``offline_hint`` adds a way out of its own to the message when the download fails."""
     try:
         return torch.hub.load_state_dict_from_url(
-            weights.url, progress=True, check_hash=True, weights_only=True
+            url, progress=True, check_hash=True, weights_only=True
         )
     except OSError as exc:  # URLError and socket errors are OSErrors
-        cache = torchvision_cache_file(weights)
+        cache = url_cache_file(url)
         raise KshotError(
-            f"cannot download the ImageNet weights of {name} ({exc}). Offline? Either run the "
+            f"cannot download the pretrained weights of {name} ({exc}). Offline? Either run the "
             f"same command once on a connected machine and copy {cache} to this machine's same "
-            f"path, or download {weights.url} and pass it with --weights FILE, {offline_hint}"
+            f"path, or download {url} and pass it with --weights FILE, {offline_hint}"
             f"or use --backbone efficientnet_lite0, whose weights come installed"
         ) from None
+
+
+def url_cache_file(url: str) -> Path:
+    """Where torch hub keeps the file downloaded from ``url``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name

@@ -1,6 +1,7 @@
 """A library: one directory holding a model, the images enrolled with it and an index over them.
 
-    LIB/manifest.json     format version, model hash, embedding dim, index kind (written at init)
+    LIB/manifest.json     format version, model hash, embedding dim, index kind, the precision
+                          it embeds in (written at init; fp32 where an older library has none)
     LIB/model.kshot       the embedder the library is bound to: a copy, so the directory is
                           self-contained and gives the same answers wherever it is copied
     LIB/catalogue.sqlite  enrolled images and their embeddings: the source of truth
@@ -31,6 +32,7 @@ from kshot.embedder.checkpoint import load_checkpoint, model_hash, save_checkpoi
 from kshot.embedder.images import class_tree, file_sha256
 from kshot.embedder.inference import embed_files
 from kshot.embedder.model import Embedder
+from kshot.embedder.precision import check_precision
 from kshot.embedder.runtime import resolve_device
 from kshot.embedder.tta import check_views
 from kshot.errors import InputError, KshotError, StorageError, os_error_message
@@ -99,9 +101,13 @@ def _relabel_refusal(first: str) -> str:
 class Library(LibraryStore):
     """Open with :meth:`open`, make with :meth:`create`."""
 
-    def __init__(self, root: Path, manifest: Manifest, device: str = "auto"):
+    def __init__(
+        self, root: Path, manifest: Manifest, device: str = "auto", precision: str | None = None
+    ):
         super().__init__(root, manifest)
         self.device = resolve_device(device)
+        # The library's own precision unless a command asks for another (check_mixing first).
+        self.precision = precision or manifest.precision
         self._derived: dict[str, object] = {}  # index, class counts, prototypes
         self._derived_version = self.catalogue.version()
         self._index_state: _IndexState | None = None
@@ -116,12 +122,16 @@ class Library(LibraryStore):
         device: str = "auto",
         settings: DecisionSettings | None = None,
         tta: Sequence[str] = (),
+        precision: str | None = None,
     ) -> Library:
         """A new, empty library at ``root`` bound to ``embedder``; ``settings``: how it decides
-        (default: :class:`DecisionSettings`'s); ``tta``: views averaged at enroll and query."""
+        (default: :class:`DecisionSettings`'s); ``tta``: views averaged at enroll and query;
+        ``precision``: how it embeds (default: the embedder's own)."""
         root = check_new_library_path(root)
         settings = settings or DecisionSettings()
         tta = check_views(tta)
+        precision = precision or embedder.precision
+        check_precision(precision, resolve_device(device))
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -137,6 +147,7 @@ class Library(LibraryStore):
             model=model,
             decision=asdict(settings),
             tta=tuple(tta),
+            precision=precision,
         )
         catalogue.close()
         write_text_atomic(root / MANIFEST, manifest.to_json())  # last: it marks a whole library
@@ -145,14 +156,23 @@ class Library(LibraryStore):
             library._index_state = library._rebuilt(library.catalogue.stamp())
             library._save_index(library._index_state.index)
         # The model just saved, hash known: no need to read it back (the property's cache).
-        library.__dict__["embedder"] = embedder.for_inference(library.device)
+        embedder = embedder.for_inference(library.device)
+        embedder.precision = precision
+        library.__dict__["embedder"] = embedder
         return library
 
     @classmethod
-    def open(cls, root: Path, model: Path | None = None, device: str = "auto") -> Library:
-        """Open the library at ``root``; ``model``, if given, must be the one it is bound to."""
+    def open(
+        cls,
+        root: Path,
+        model: Path | None = None,
+        device: str = "auto",
+        precision: str | None = None,
+    ) -> Library:
+        """Open the library at ``root``; ``model``, if given, must be the one it is bound to;
+        ``precision``, if given, replaces the library's own (see ``precision.check_mixing``)."""
         root = Path(root)
-        library = cls(root, cls.read_manifest(root), device)
+        library = cls(root, cls.read_manifest(root), device, precision)
         if model is not None:
             other, _ = load_checkpoint(model)
             if model_hash(other) != library.manifest.model_sha256:
@@ -175,7 +195,10 @@ class Library(LibraryStore):
                 f"{self.root / MANIFEST}: damaged library manifest (embedding_dim "
                 f"{self.manifest.embedding_dim}, but the model embeds in {embedder.embedding_dim})"
             )
-        return embedder.for_inference(self.device)
+        check_precision(self.precision, self.device)
+        embedder = embedder.for_inference(self.device)
+        embedder.precision = self.precision
+        return embedder
 
     def _cached(self, name: str, build: Callable[[], object]):
         """Derived state, built once and dropped when the catalogue changes (a change by another

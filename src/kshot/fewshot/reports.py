@@ -49,10 +49,30 @@ SUMMARY_HEADER = (
 
 
 def comparison_markdown(rows: dict[str, dict]) -> str:
-    """One row per model: ``rows`` maps a model's name to its split report."""
+    """One row per model: ``rows`` maps a model's name to its split report; a second table
+    of speed and size for the reports that measured them (``speed``)."""
     lines = ["# Model comparison", "", SUMMARY_HEADER]
     lines += [_summary_row(name, report) for name, report in rows.items()]
+    timed = {name: report for name, report in rows.items() if "speed" in report}
+    if timed:
+        lines += ["", "## Speed and size", "", SPEED_HEADER]
+        lines += [_speed_row(name, report) for name, report in timed.items()]
     return "\n".join(lines) + "\n"
+
+
+SPEED_HEADER = (
+    "| model | precision | accuracy | ms/image, batch 1 | ms/image, batch 32 | parameters "
+    "| size (MB) |\n|---|---|---:|---:|---:|---:|---:|"
+)
+
+
+def _speed_row(name: str, r: dict) -> str:
+    s = r["speed"]
+    return (
+        f"| {_cell(name)} | {s['precision']} | {r['accuracy']:.1%} "
+        f"| {s['ms_per_image_batch1']:.1f} | {s['ms_per_image_batch32']:.1f} "
+        f"| {s['parameters'] / 1e6:.1f}M | {s['megabytes']:.1f} |"
+    )
 
 
 def split_markdown(name: str, report: dict) -> str:

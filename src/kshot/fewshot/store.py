@@ -31,6 +31,9 @@ MANIFEST, MODEL, CATALOGUE, INDEX, LOCK, DECISION = (
     "decision.npz",
 )
 FORMAT, VERSION = "kshot-library", 1
+# kshot.embedder.precision.PRECISIONS, spelt out: that module needs torch, which reading a
+# library's classes does not (tests/fewshot/test_library.py checks the two agree).
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class Manifest:
     # and the test-time views embedded at enrollment and at query (``kshot init --tta``).
     decision: dict = field(default_factory=dict)
     tta: tuple[str, ...] = ()
+    # How it embeds: "fp32", or "bf16" under bfloat16 autocast (kshot.embedder.precision; absent
+    # in older libraries: fp32).
+    precision: str = "fp32"
 
     def to_json(self) -> str:
         data = {
@@ -56,6 +62,7 @@ class Manifest:
             "model": self.model,
             "decision": self.decision,
             "tta": list(self.tta),
+            "precision": self.precision,
         }
         return json.dumps(data, indent=2) + "\n"
 
@@ -74,6 +81,9 @@ class Manifest:
             decision = data.get("decision") or {}
             if not isinstance(model, dict) or not isinstance(decision, dict):
                 raise ValueError("model and decision must be objects")
+            precision = data.get("precision", "fp32")
+            if precision not in PRECISIONS:
+                raise ValueError(f"unknown precision {precision!r}")
             return cls(
                 data["model_sha256"],
                 int(data["embedding_dim"]),
@@ -82,6 +92,7 @@ class Manifest:
                 model,
                 decision,
                 tuple(str(view) for view in data.get("tta") or ()),
+                precision,
             )
         except OSError as exc:
             raise StorageError.from_os(exc, path) from None
