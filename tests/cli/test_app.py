@@ -226,7 +226,7 @@ def test_embed_writes_vectors_and_labels(kshot, library, images, tmp_path):
 
 def test_backbones_lists_the_registry(kshot):
     lines = kshot("backbones").output.splitlines()
-    assert lines[0].startswith("efficientnet_lite0") and "(default" in lines[0]
+    assert lines[0].startswith("efficientnet_lite0") and "(default for kshot train)" in lines[0]
     assert any(line.startswith("conv4") for line in lines)
     assert any(line.startswith("inception_v3 ") for line in lines)
     assert any(line.startswith("timm:vit_small_patch14_dinov2") for line in lines)

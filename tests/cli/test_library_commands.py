@@ -149,3 +149,11 @@ def test_compact_saves_the_index(kshot, enrolled):
     from kshot.index.header import header_of
 
     assert header_of(enrolled / "index.faiss")["last_id"] == 9
+
+
+def test_compact_can_change_the_index_kind(kshot, enrolled, images):
+    expected = kshot.json("query", enrolled, images["blob"][3], "--method", "knn")
+    assert "hnsw index: 9 vector(s)" in kshot("compact", enrolled, "--index", "hnsw").output
+    (details,) = kshot.json("info", enrolled)
+    assert details["index"]["kind"] == "hnsw" and details["index"]["current"]
+    assert kshot.json("query", enrolled, images["blob"][3], "--method", "knn") == expected

@@ -240,3 +240,11 @@ def test_a_catalogue_made_before_the_journal_is_stamped_and_migrated(tmp_path):
     assert catalogue.stamp() != before
     catalogue.remove_label("a")
     assert catalogue.removed_after(0).tolist() == [1]
+
+
+def test_the_count_kept_by_writes_is_the_rows_count(catalogue):
+    catalogue.add([image("a", "s1", 1), image("a", "s2", 2), image("a", "s1", 1)])
+    catalogue.remove_images(["s2", "absent"])
+    catalogue.add([image("b", "s3", 3)])
+    catalogue.remove_label("nothing")
+    assert len(catalogue) == 2 == catalogue._query("SELECT COUNT(*) FROM images")[0][0]

@@ -28,6 +28,17 @@ def photos(tmp_path, make_class_images):
     return make_class_images(tmp_path / "photos", {"a": 3, "b": 3, "c": 2})
 
 
+@pytest.fixture
+def notices(caplog, monkeypatch):
+    """kshot's notices as text (the CLI's logging set-up, if run before, stops propagation)."""
+    import logging
+
+    logger = logging.getLogger("kshot")
+    monkeypatch.setattr(logger, "propagate", True)
+    caplog.set_level(logging.INFO, logger="kshot")
+    return caplog
+
+
 def make_library(root, embedder, photos, spec=SPEC) -> Library:
     lib = Library.create(root, embedder, {}, spec, device="cpu")
     lib.enroll(items_of(photos))
@@ -170,7 +181,7 @@ def test_a_read_only_lock_file_still_locks(tmp_path, conv4_embedder, photos, mon
     assert lib.forget("c") == 2
 
 
-def test_a_failed_index_save_loses_nothing(tmp_path, conv4_embedder, photos, monkeypatch, caplog):
+def test_a_failed_index_save_loses_nothing(tmp_path, conv4_embedder, photos, monkeypatch, notices):
     import errno
 
     from kshot.index.vector_index import VectorIndex
@@ -183,9 +194,49 @@ def test_a_failed_index_save_loses_nothing(tmp_path, conv4_embedder, photos, mon
     monkeypatch.setattr(VectorIndex, "save", disk_full)
     monkeypatch.setattr(library_module, "FOLD_AFTER", 1)
     lib.enroll(items_of(photos))
-    assert "no space left on the device" in caplog.text
+    assert "no space left on the device" in notices.text
     with pytest.raises(KshotError, match="could not save the index"):
         lib.compact()
     monkeypatch.undo()
     lib = assert_consistent(root)
     assert len(lib.catalogue) == 8 and np.isfinite(lib.entries().vectors).all()
+
+
+def test_a_flat_library_growing_large_suggests_another_kind(
+    tmp_path, conv4_embedder, photos, monkeypatch, notices
+):
+    monkeypatch.setattr(library_module, "FLAT_NOTICE", 5)
+    lib = Library.create(tmp_path / "lib", conv4_embedder, {}, SPEC, device="cpu")
+    lib.enroll(items_of(photos)[:4])
+    assert "--index hnsw" not in notices.text
+    lib.enroll(items_of(photos)[4:])
+    assert notices.text.count("--index hnsw") == 1
+    lib.enroll([(photos["a"][0], "a")])  # already there: nothing new, nothing said again
+    assert notices.text.count("--index hnsw") == 1
+
+
+def test_compact_retrains_a_grown_ivfpq_index_on_all_its_vectors(tmp_path, conv4_embedder):
+    import faiss
+
+    from kshot.fewshot.catalogue import NewImage
+    from kshot.index.vector_index import ivfpq_layout
+
+    spec = IndexSpec(kind="ivfpq", ivf_train_size=300, use_gpu=False)
+    lib = Library.create(tmp_path / "lib", conv4_embedder, {}, spec, device="cpu")
+    vectors = np.random.default_rng(0).normal(size=(1500, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def add(rows):
+        with lib._writing():
+            lib.catalogue.add([NewImage("x", f"p{i}", f"{i:064x}", vectors[i]) for i in rows])
+
+    def lists() -> int:
+        return faiss.downcast_index(lib.index._index).nlist
+
+    add(range(300))
+    add(range(300, 1500))
+    assert lists() == ivfpq_layout(64, 300)[0]  # trained once, on the first 300
+    lib.compact()
+    assert lists() == ivfpq_layout(64, 1500)[0]
+    assert lib.index.exact_vectors is not None  # it still re-ranks by the catalogue's vectors
+    assert_consistent(tmp_path / "lib")

@@ -13,28 +13,12 @@ from pathlib import Path
 
 import pytest
 
+# WRITER enrolls the files given (label: the folder's name) two at a time, saving the index every
+# few changes, and prints the catalogue's size after each commit: the soak benchmark's writer.
+from benchmarks.soak import WRITER
 from kshot.fewshot.library import Library
 from kshot.index.vector_index import IndexSpec
 
-# Enrolls the files given (label: the folder's name) two at a time, saving the index every few
-# changes, and prints the catalogue's size after each commit.
-WRITER = """
-import sys
-from pathlib import Path
-
-import torch
-
-torch.set_num_threads(1)
-from kshot.fewshot import library
-
-library.FOLD_AFTER, library.ENROLL_BATCH = 3, 2
-lib = library.Library.open(Path(sys.argv[1]), device="cpu")
-files = [Path(p) for p in sys.argv[2:]]
-print("ready", flush=True)
-for start in range(0, len(files), 2):
-    lib.enroll([(p, p.parent.name) for p in files[start : start + 2]])
-    print("committed", len(lib.catalogue), flush=True)
-"""
 LIMIT_S = 60
 
 

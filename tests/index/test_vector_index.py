@@ -157,6 +157,24 @@ def test_ivfpq_is_exact_until_trained_then_trains_once():
     assert abs(np.median(scores[:, 0]) - 1.0) < 0.1
 
 
+def test_trained_ivfpq_reranks_its_candidates_by_exact_vectors():
+    index, vectors, ids = filled("ivfpq", n=2000)
+    queries = unit_vectors(40, seed=5)
+    exact = ids[np.argsort(-(queries @ vectors.T), axis=1)[:, :10]]
+    _, coarse = index.search(queries, 10)
+    by_id = dict(zip(ids.tolist(), vectors, strict=True))
+    index.exact_vectors = lambda found: (found, np.stack([by_id[int(i)] for i in found]))
+    scores, reranked = index.search(queries, 10)
+
+    def recall(found):
+        return np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
+
+    assert recall(reranked) > recall(coarse) + 0.2 and recall(reranked) > 0.8
+    best = [by_id[int(i)] @ q for i, q in zip(reranked[:, 0], queries, strict=True)]
+    assert np.allclose(scores[:, 0], best)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
 def test_trained_ivfpq_remove_and_reload(tmp_path):
     index, vectors, ids = filled("ivfpq", n=TRAIN + 20)
     assert index.trained_kind == "ivfpq"

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from kshot.cli.console import outcome, say
-from kshot.cli.options import AsJson, LibraryDir
+from kshot.cli.options import AsJson, IndexKind, LibraryDir
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -109,11 +110,20 @@ def _decision(store) -> dict:
     }
 
 
-def compact(library: LibraryDir):
+def compact(
+    library: LibraryDir,
+    index: Annotated[
+        IndexKind | None,
+        typer.Option(help="Rebuild the index as this kind (see BENCHMARKS.md for which suits)."),
+    ] = None,
+):
     """Save the library's index as its catalogue stands (folding in the changes made since it
     was saved, and dropping what an HNSW graph still holds of removed images)."""
     from kshot.fewshot.library import Library
 
     lib = Library.open(library, device="cpu")
-    folded = lib.compact()
-    say(f"saved {library}'s index: {len(lib.index)} vector(s), {folded} change(s) folded in")
+    folded = lib.compact(index.value if index is not None else None)
+    say(
+        f"saved {library}'s {lib.manifest.index.kind} index: {len(lib.index)} vector(s), "
+        f"{folded} change(s) folded in"
+    )

@@ -162,6 +162,10 @@ class Catalogue:
             self._db.execute("BEGIN IMMEDIATE")
             for statement in _JOURNAL:
                 self._db.execute(statement)
+            # The image count, kept up by every write from the first on (COUNT(*) reads every
+            # row: done once, in the first write of a library made before the count was kept).
+            if not self._db.execute("SELECT 1 FROM meta WHERE key = 'images'").fetchall():
+                self._db.execute("INSERT INTO meta SELECT 'images', COUNT(*) FROM images")
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
@@ -205,7 +209,13 @@ class Catalogue:
                     (image.label, image.source, image.sha256, now, vector.tobytes()),
                 )
                 ids.append(cursor.lastrowid if cursor.rowcount == 1 else None)
+            self._count_change(sum(i is not None for i in ids))
         return ids
+
+    def _count_change(self, change: int) -> None:
+        self._write(
+            "UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'images'", (change,)
+        )
 
     def labels_holding(self, sha256s: list[str]) -> dict[str, str]:
         """For each of ``sha256s`` already enrolled, the label it was first enrolled under."""
@@ -257,7 +267,8 @@ class Catalogue:
     def _forget_ids(self, ids: list[int]) -> None:
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
-            self._write(f"DELETE FROM images WHERE id IN ({marks})", tuple(chunk))
+            deleted = self._write(f"DELETE FROM images WHERE id IN ({marks})", tuple(chunk))
+            self._count_change(-deleted.rowcount)
             self._db.executemany("INSERT INTO removed (id) VALUES (?)", [(i,) for i in chunk])
 
     def class_counts(self) -> list[tuple[str, int]]:
@@ -312,6 +323,10 @@ class Catalogue:
         return np.array([r[0] for r in rows], np.int64)
 
     def __len__(self) -> int:
+        if self._has_table("meta"):
+            rows = self._query("SELECT value FROM meta WHERE key = 'images'")
+            if rows:
+                return int(rows[0][0])
         return self._query("SELECT COUNT(*) FROM images")[0][0]
 
     def ids(self) -> np.ndarray:
@@ -327,6 +342,18 @@ class Catalogue:
                 self._query(f"SELECT id, label FROM images WHERE id IN ({marks})", tuple(chunk))
             )
         return found
+
+    def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` of those of ``ids`` the catalogue holds, in the order given."""
+        wanted = [int(i) for i in np.ravel(ids)]
+        found: dict[int, bytes] = {}
+        for chunk in _chunks(sorted(set(wanted))):
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                self._query(f"SELECT id, vector FROM images WHERE id IN ({marks})", tuple(chunk))
+            )
+        kept = [i for i in wanted if i in found]
+        return np.array(kept, np.int64), self._vectors([found[i] for i in kept])
 
     def entries(self) -> Entries:
         rows = self._query("SELECT id, label, vector, source FROM images ORDER BY id")

@@ -18,6 +18,7 @@ be read or does not match is rebuilt in memory from the catalogue.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -56,9 +57,9 @@ __all__ = ["CATALOGUE", "INDEX", "LOCK", "MANIFEST", "MODEL", "Library", "Manife
 log = logging.getLogger("kshot")
 
 FOLD_AFTER = 1000  # journal changes after which a writer saves the index again
-ENROLL_BATCH = (
-    256  # images embedded, then committed, at a time: an interrupt keeps the batches done
-)
+# Images embedded, then committed, at a time: an interrupt keeps the batches done.
+ENROLL_BATCH = 256
+FLAT_NOTICE = 200_000  # images from which a flat index is slow enough to suggest another kind
 
 Progress = Callable[[int], None]
 
@@ -137,7 +138,7 @@ class Library(LibraryStore):
             raise StorageError.from_os(exc, root) from None
         digest = save_checkpoint(embedder, root / MODEL, info)
         catalogue = Catalogue(root / CATALOGUE, embedder.embedding_dim, create=True)
-        model = {"backbone": embedder.config.backbone, "trained": bool(info.get("trained", True))}
+        model = {"backbone": embedder.config.backbone, "trained": info.get("trained")}
         manifest = Manifest(
             digest,
             embedder.embedding_dim,
@@ -152,7 +153,8 @@ class Library(LibraryStore):
         write_text_atomic(root / MANIFEST, manifest.to_json())  # last: it marks a whole library
         library = cls(root, manifest, device)
         with library.locked():
-            library._save_index(library._load_index())
+            library._index_state = library._rebuilt(library.catalogue.stamp())
+            library._save_index(library._index_state.index)
         # The model just saved, hash known: no need to read it back (the property's cache).
         embedder = embedder.for_inference(library.device)
         embedder.precision = precision
@@ -170,9 +172,7 @@ class Library(LibraryStore):
         """Open the library at ``root``; ``model``, if given, must be the one it is bound to;
         ``precision``, if given, replaces the library's own (see ``precision.check_mixing``)."""
         root = Path(root)
-        store = cls.open_store(root)
-        library = cls(root, store.manifest, device, precision)
-        store.catalogue.close()
+        library = cls(root, cls.read_manifest(root), device, precision)
         if model is not None:
             other, _ = load_checkpoint(model)
             if model_hash(other) != library.manifest.model_sha256:
@@ -222,12 +222,12 @@ class Library(LibraryStore):
         catalogue's journal; if neither can be read or it does not match, it is rebuilt from the
         catalogue. All of it reads one snapshot of the catalogue.
         """
+        # Read outside the snapshot: a large file must not hold writers back. Whatever it
+        # reflects was committed before, and the journal brings it up to the snapshot.
+        state = self._index_state or self._saved_index()
         with self.catalogue.snapshot():
             stamp = self.catalogue.stamp()
-            state = self._index_state
-            if state is not None and state.stamp == stamp:
-                return state.index
-            state = self._caught_up(state or self._saved_index(), stamp)
+            state = self._caught_up(state, stamp)
             self._index_state = state or self._rebuilt(stamp)
         return self._index_state.index
 
@@ -235,7 +235,7 @@ class Library(LibraryStore):
         """``index.faiss`` as saved, and what it reflects; ``None`` if unusable (said why)."""
         path, dim = self.root / INDEX, self.manifest.embedding_dim
         try:
-            index = VectorIndex.load(path, self.manifest.index)
+            index = self._reranking(VectorIndex.load(path, self.manifest.index))
         except KshotError as exc:
             reason = str(exc) if path.exists() else f"{path} is missing"
             log.warning("%s; rebuilding the index in memory from the catalogue", reason)
@@ -283,7 +283,8 @@ class Library(LibraryStore):
         entries = self.catalogue.entries()
         index = VectorIndex(self.manifest.embedding_dim, self.manifest.index)
         index.add(entries.vectors, entries.ids)
-        return _IndexState(index, stamp, self.catalogue.journal_position(), len(index), False)
+        position = self.catalogue.journal_position()
+        return _IndexState(self._reranking(index), stamp, position, len(index), False)
 
     def _after_write(self) -> None:
         """Under the lock, after a change: catch the index up; save it once the journal since
@@ -317,18 +318,40 @@ class Library(LibraryStore):
                 failure,
             )
             return failure
-        self._index_state = _IndexState(index, state.stamp, state.position, 0, True)
+        self._index_state = _IndexState(
+            self._reranking(index), state.stamp, state.position, 0, True
+        )
         self._derived["index"] = index
         return None
 
-    def compact(self) -> int:
-        """Save the index as the catalogue stands, HNSW tombstones dropped; returns how many
-        journal changes were folded into it. Raises :class:`StorageError` if it cannot save."""
+    def _reranking(self, index: VectorIndex) -> VectorIndex:
+        """``index``, re-ranking by the catalogue's exact vectors (when it is a trained ivfpq)."""
+        index.exact_vectors = self.catalogue.vectors_of
+        return index
+
+    def compact(self, kind: str | None = None) -> int:
+        """Save the index as the catalogue stands (HNSW tombstones dropped, an ivfpq index
+        retrained on all vectors); returns how many journal changes were folded into it.
+
+        With ``kind``, the index is rebuilt as that kind and the manifest says so (written after
+        the index: a crash in between leaves the old manifest over an index that answers all
+        the same). Raises :class:`StorageError` if it cannot save.
+        """
         with self.locked():
             index = self._load_index()
             folded = self._index_state.unsaved
+            if kind is not None and kind != self.manifest.index.kind:
+                spec = dataclasses.replace(self.manifest.index, kind=kind)
+                self.manifest = dataclasses.replace(self.manifest, index=spec)
+                index = self._rebuilt(self._index_state.stamp).index
+            elif index.trained_kind == "ivfpq":
+                # Trained when the library reached ivf_train_size images, and grown since: its
+                # lists and codebooks retrained on every vector (recall, BENCHMARKS.md).
+                index = self._rebuilt(self._index_state.stamp).index
             self._index_state.index = index.compacted()
             failure = self._save_index(self._index_state.index)
+            if failure is None and kind is not None:
+                write_text_atomic(self.root / MANIFEST, self.manifest.to_json())
         if failure is not None:
             raise StorageError(f"could not save the index: {failure}")
         return folded
@@ -353,6 +376,17 @@ class Library(LibraryStore):
                 self._enroll_batch(batch, report, on_progress, allow_relabel)
         except KeyboardInterrupt:
             report.interrupted = True
+        if report.added and self.manifest.index.kind == "flat":
+            count = len(self.catalogue)
+            if count >= FLAT_NOTICE > count - len(report.added):
+                log.info(
+                    "%s now holds %d images in a flat index, which compares a query with every "
+                    "one of them (46 ms at 370,000 on one busy core, BENCHMARKS.md); `kshot "
+                    "compact %s --index hnsw` makes it a graph that answers in under a millisecond",
+                    self.root,
+                    count,
+                    self.root,
+                )
         if report.added and not report.interrupted:
             self.refit_decision()
         return report

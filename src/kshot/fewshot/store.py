@@ -123,14 +123,19 @@ class LibraryStore:
                 "(it was swapped or copied in); put back this library's catalogue from a backup"
             )
 
-    @classmethod
-    def open_store(cls, root: Path) -> LibraryStore:
+    @staticmethod
+    def read_manifest(root: Path) -> Manifest:
+        """The manifest of the library at ``root``, or an error saying why there is none."""
         root = Path(root)
         if not root.is_dir():
             raise KshotError(
                 f"{root}: " + ("is not a library directory" if root.exists() else "does not exist")
             )
-        return cls(root, Manifest.read(root / MANIFEST))
+        return Manifest.read(root / MANIFEST)
+
+    @classmethod
+    def open_store(cls, root: Path) -> LibraryStore:
+        return LibraryStore(root, LibraryStore.read_manifest(root))
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
