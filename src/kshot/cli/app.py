@@ -123,7 +123,7 @@ def init(
     centre: Annotated[
         Centre,
         typer.Option(help="library: centre embeddings on the library's mean before deciding."),
-    ] = Centre.none,
+    ] = Centre.library,
     tta: Annotated[
         list[str] | None,
         typer.Option(

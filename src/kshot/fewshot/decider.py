@@ -29,13 +29,17 @@ CENTRINGS = ("none", "library")
 @dataclass(frozen=True)
 class DecisionSettings:
     """How a library decides: the rule (``method``, kNN's ``neighbours``) and whether embeddings
-    are centred on the library's mean before the rule sees them (``centre``: none, library)."""
+    are centred on the library's mean before the rule sees them (``centre``: none, library; kNN
+    compares the enrolled embeddings as they are). The defaults measured best on new classes
+    with no training (BENCHMARKS.md, benchmarks/decisions.py)."""
 
     method: str = "logistic"
     neighbours: int = 10
-    centre: str = "none"
+    centre: str = "library"
 
     def __post_init__(self):
+        if self.method == "knn":  # it searches the index of the embeddings as enrolled
+            object.__setattr__(self, "centre", "none")
         if self.method not in RULES:
             raise KshotError(f"unknown method {self.method!r}: use one of {', '.join(RULES)}")
         if self.centre not in CENTRINGS:
