@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 
@@ -53,7 +54,9 @@ class LogisticRule(DecisionRule):
         if self._start is not None and self._start[0] == self.classes:
             model.set_params(warm_start=True)
             model.coef_, model.intercept_ = self._start[1].copy(), self._start[2].copy()
-        model.fit(vectors, codes)
+        with warnings.catch_warnings():  # "more classes than half the samples": one shot each
+            warnings.simplefilter("ignore", UserWarning)
+            model.fit(vectors, codes)
         self._coef, self._intercept = model.coef_, model.intercept_
         weights, bias = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
         if len(self.classes) == 2:  # sklearn keeps one logit for two classes: z for class 1
