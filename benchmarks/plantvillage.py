@@ -27,12 +27,13 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from kshot.cli.training import train_from_folder
 from kshot.embedder.augment import augment_config
 from kshot.embedder.checkpoint import load_checkpoint
 from kshot.embedder.images import class_folders
 from kshot.embedder.inference import embed_files
 from kshot.embedder.model import EmbedderConfig, build_embedder
+from kshot.embedder.recipe import TrainConfig
+from kshot.embedder.run import train_from_folder
 from kshot.fewshot.decision import prototypes
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "plantvillage-leaf38"
@@ -86,11 +87,9 @@ def few_shot_accuracy(embedder, new: list[Path]) -> dict:
 
 
 def train_and_score(args, loss: str, base: Path, new: list[Path], stage2: bool) -> dict:
-    model = args.out / f"plantvillage-{loss}-{'both' if stage2 else 'stage1'}.kshot"
+    model = args.out / f"plantvillage-{loss}{args.tag}-{'both' if stage2 else 'stage1'}.kshot"
     start = time.perf_counter()
-    train_from_folder(
-        base,
-        model,
+    recipe = TrainConfig(
         backbone=args.backbone,
         embedding_dim=args.embedding_dim,
         head_hidden=args.head_hidden,
@@ -102,12 +101,19 @@ def train_and_score(args, loss: str, base: Path, new: list[Path], stage2: bool) 
         lr=args.lr,
         finetune_lr=args.finetune_lr,
         batch_size=args.batch_size,
+        ways=args.ways,
+        shots=args.shots,
+        queries=args.queries,
+        lookahead=args.lookahead,
+        interpolate=args.interpolate,
+        feature_distillation=args.feature_distillation,
         augment=augment_config(args.augment),
         schedule=args.schedule,
         val_fraction=args.val_fraction,
         holdout_classes=args.holdout_classes,
         seed=args.seed,
     )
+    train_from_folder(base, model, recipe)
     seconds = time.perf_counter() - start
     embedder, info = load_checkpoint(model)
     history = info["history"]
@@ -136,6 +142,13 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--finetune-lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--ways", type=int, default=20, help="protonet's episodes")
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=5)
+    parser.add_argument("--lookahead", action="store_true")
+    parser.add_argument("--interpolate", default=None, help="WiSE-FT: a weight or auto")
+    parser.add_argument("--feature-distillation", type=float, default=0.0)
+    parser.add_argument("--tag", default="", help="added to the model files' names")
     parser.add_argument("--augment", default="photo")
     parser.add_argument("--schedule", default="none")
     parser.add_argument("--val-fraction", type=float, default=0.1)

@@ -89,8 +89,8 @@ def built_loss(monkeypatch) -> dict:
 
 
 def test_the_help_lists_every_loss(kshot):
-    from kshot.cli.train_command import LOSS_NAMES
     from kshot.embedder.losses import LOSSES
+    from kshot.embedder.recipe import LOSS_NAMES
 
     assert list(LOSS_NAMES) == list(LOSSES)
     assert "quadruplet" in kshot("train", "--help").output
@@ -184,8 +184,9 @@ def test_fewer_than_two_usable_classes_is_an_error(kshot, tmp_path):
 def test_resume_finishes_a_stopped_run_as_if_it_had_not_stopped(
     kshot, tmp_path, images, monkeypatch, options, stop_after
 ):
-    from kshot.cli.training_observer import TrainingConsole, state_path
+    from kshot.cli.training_observer import TrainingConsole
     from kshot.embedder.checkpoint import model_hash
+    from kshot.embedder.run import state_path
 
     args = (
         "train",
@@ -236,7 +237,7 @@ def test_resume_finishes_a_stopped_run_as_if_it_had_not_stopped(
 
 
 def test_resume_without_a_state_file_names_it(kshot, tmp_path, images):
-    from kshot.cli.training_observer import state_path
+    from kshot.embedder.run import state_path
 
     out = tmp_path / "model.kshot"
     output = kshot(*_train_args(tmp_path, out), "--resume", code=1).output
@@ -351,7 +352,7 @@ def test_a_val_folder_leaves_out_the_held_out_classes(kshot, tmp_path):
     ],
 )
 def test_warn_if_new_classes_got_worse(monkeypatch, before, after, warned):
-    from kshot.cli.training import _warn_if_new_classes_got_worse
+    from kshot.embedder.run import _warn_if_new_classes_got_worse
 
     records = []
     handler = logging.Handler(logging.WARNING)
@@ -462,9 +463,9 @@ def test_a_residual_head_keeps_the_feature_size(kshot, tmp_path, images):
 
 
 def test_dataset_normalization_is_measured_on_the_training_images(kshot, tmp_path, images):
-    from kshot.cli.training_data import read_training_folder
     from kshot.embedder.backbones import get_backbone
     from kshot.embedder.preprocess import dataset_mean_std
+    from kshot.embedder.training_folder import read_training_folder
 
     out = tmp_path / "model.kshot"
     kshot(*_train_args(tmp_path, out), "--normalization", "dataset")

@@ -1,25 +1,44 @@
-"""Optimisers and learning-rate schedules by name, as ``kshot train`` offers them."""
+"""Optimisers and learning-rate schedules by name, as ``kshot train`` offers them.
+
+``lookahead`` wraps the optimiser in Lookahead (Zhang et al. 2019) with k=5 and alpha=0.5:
+every 5 steps the *slow* weights move half way toward the fast ones the inner optimiser
+reached, and the fast weights restart from there. It is timm's ``timm.optim.Lookahead``
+(imported only when asked for), a ``torch.optim.Optimizer`` whose ``param_groups`` are the
+inner optimiser's, so the learning-rate schedules, the gradient scaler and ``state_dict`` (for
+``--resume``) work on it as on the inner one.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from kshot.embedder.recipe import OPTIMIZERS, SCHEDULES
 from kshot.errors import KshotError
 
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("none", "cosine", "plateau")
+LOOKAHEAD_K = 5
+LOOKAHEAD_ALPHA = 0.5
 
 
 def build_optimizer(
-    name: str, params: list[nn.Parameter], lr: float, weight_decay: float | None
+    name: str,
+    params: list[nn.Parameter],
+    lr: float,
+    weight_decay: float | None,
+    lookahead: bool = False,
 ) -> torch.optim.Optimizer:
-    """Adam or AdamW; ``weight_decay=None`` keeps torch's default (0 for Adam, 0.01 for AdamW)."""
+    """Adam or AdamW, in Lookahead if ``lookahead``; ``weight_decay=None`` keeps torch's
+    default (0 for Adam, 0.01 for AdamW)."""
     kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     if name not in kinds:
         raise KshotError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
     extra = {} if weight_decay is None else {"weight_decay": weight_decay}
-    return kinds[name](params, lr=lr, **extra)
+    optimizer = kinds[name](params, lr=lr, **extra)
+    if lookahead:
+        from timm.optim import Lookahead
+
+        optimizer = Lookahead(optimizer, alpha=LOOKAHEAD_ALPHA, k=LOOKAHEAD_K)
+    return optimizer
 
 
 def build_schedule(name: str, optimizer: torch.optim.Optimizer, epochs: int):
