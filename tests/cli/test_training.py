@@ -178,8 +178,31 @@ def test_fewer_than_two_usable_classes_is_an_error(kshot, tmp_path):
         (("--epochs", "2"), 1),  # ends with the best epoch's weights
         (("--head-epochs", "1", "--epochs", "1"), 1),
         (("--epochs", "2"), 2),  # stopped before the model file was written
+        (("--epochs", "2", "--lookahead"), 1),  # its slow weights are in the state
+        (
+            (
+                "--epochs",
+                "2",
+                "--loss",
+                "protonet",
+                "--ways",
+                "3",
+                "--shots",
+                "1",
+                "--queries",
+                "1",
+            ),
+            1,
+        ),
     ],
-    ids=["mid-stage", "mid-stage-validated", "between-stages", "after-the-last-epoch"],
+    ids=[
+        "mid-stage",
+        "mid-stage-validated",
+        "between-stages",
+        "after-the-last-epoch",
+        "lookahead",
+        "protonet",
+    ],
 )
 def test_resume_finishes_a_stopped_run_as_if_it_had_not_stopped(
     kshot, tmp_path, images, monkeypatch, options, stop_after

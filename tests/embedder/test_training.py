@@ -448,9 +448,7 @@ def test_patience_lets_an_improving_run_finish():
 
 @pytest.mark.parametrize("loss", list(LOSSES))
 def test_every_loss_trains_end_to_end(loss):
-    result = train_embedder(
-        tiny_embedder(), tiny_images(), recipe(loss=loss, epochs=2, **FAST)
-    )
+    result = train_embedder(tiny_embedder(), tiny_images(), recipe(loss=loss, epochs=2, **FAST))
     assert len(result.history) == 2
     assert all(math.isfinite(s.loss) and s.loss >= 0 for s in result.history)
 

@@ -43,7 +43,11 @@ class PrototypicalLoss(BaseMetricLossFunction):
         **kwargs,
     ):
         if "distance" not in kwargs:
-            kwargs["distance"] = LpDistance(power=2) if squared_distance else CosineSimilarity()
+            kwargs["distance"] = (
+                LpDistance(power=2, normalize_embeddings=False)
+                if squared_distance
+                else CosineSimilarity()
+            )
         super().__init__(**kwargs)
         self.shots = int(shots)
         scale = torch.tensor(float(scale))
