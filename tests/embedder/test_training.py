@@ -1,20 +1,24 @@
 """Training an embedder (training.py): the two stages, what each may change, resuming a stopped
 run exactly, the best epoch, early stopping and every loss, on a tiny grey image set."""
 
+import copy
 import io
 import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kshot.embedder.augment import AugmentConfig
 from kshot.embedder.backbones import get_backbone
 from kshot.embedder.distributed import Distributed
+from kshot.embedder.inference import backbone_features
 from kshot.embedder.losses import LOSSES
 from kshot.embedder.model import EmbedderConfig, build_embedder
 from kshot.embedder.preprocess import PreprocessConfig
 from kshot.embedder.training import (
+    LossModel,
     Observer,
     Stage,
     TrainConfig,
@@ -509,3 +513,54 @@ def test_balanced_batches_hold_m_images_of_each_class():
     for batch_labels in batches:
         counts = torch.bincount(batch_labels, minlength=5)
         assert sorted(counts.tolist()) == [0, 2, 2, 2, 2]
+
+
+# --- what picks the epoch; keeping the pretrained features --------------------------------------
+
+
+def test_the_held_out_classes_pick_the_epoch_when_there_are_some():
+    """Known-class precision@1 peaks at epoch 1, new-class accuracy at epoch 2: epoch 2 is kept,
+    and both stay in the history."""
+    recorder = Recorder()
+    table = {1: (0.9, 0.5), 2: (0.6, 0.7), 3: (0.8, 0.6)}
+
+    def validate(embedder):
+        p_at_1, fewshot = table[recorder.epoch]
+        return {"precision_at_1": p_at_1, "fewshot_accuracy": fewshot}
+
+    result = train_embedder(
+        tiny_embedder(),
+        tiny_images(),
+        recipe(loss="softmax", epochs=3, **FAST),
+        validate=validate,
+        observer=recorder,
+    )
+    assert result.best_epoch == 2 and result.best_metrics["fewshot_accuracy"] == 0.7
+    assert [s.metrics["precision_at_1"] for s in result.history] == [0.9, 0.6, 0.8]
+
+
+def test_the_distillation_penalty_is_zero_for_an_unchanged_backbone():
+    embedder = tiny_embedder()
+    loss, _ = LOSSES["softmax"](4, embedder.embedding_dim)
+    images = tiny_images()
+    inputs = embedder.config.preprocess.normalize(images.pixels)
+    anchor = copy.deepcopy(embedder.backbone).eval()
+    embedder.eval()  # the anchor is in eval mode; so the compared backbone must be here
+    with_anchor = LossModel(embedder, loss, None, anchor, distill=5.0)(inputs, images.labels)
+    plain = LossModel(embedder, loss, None)(inputs, images.labels)
+    assert with_anchor.item() == pytest.approx(plain.item(), abs=1e-6)
+
+
+def test_feature_distillation_keeps_the_backbone_nearer_its_original_features():
+    images = tiny_images()
+
+    def drift(weight: float) -> float:
+        embedder = tiny_embedder()
+        config = recipe(loss="softmax", epochs=3, lr=1e-2, feature_distillation=weight, **FAST)
+        train_embedder(embedder, images, config)
+        before = backbone_features(tiny_embedder(), images.pixels)
+        after = backbone_features(embedder, images.pixels)
+        return 1 - F.cosine_similarity(before, after, dim=1).mean().item()
+
+    free, held = drift(0.0), drift(10.0)
+    assert held < free / 2, (held, free)
