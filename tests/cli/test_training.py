@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -499,3 +500,71 @@ def test_dataset_normalization_is_measured_on_the_training_images(kshot, tmp_pat
     mean, std = dataset_mean_std(decoded.pixels)
     assert embedder.config.preprocess.mean == mean and embedder.config.preprocess.std == std
     assert mean != get_backbone("conv4").default_preprocess().mean
+
+
+# --- one source of defaults; what the run reports ----------------------------------------------
+
+
+def test_every_option_defaults_to_the_train_config(kshot, tmp_path, images, monkeypatch):
+    from kshot.embedder import run
+    from kshot.embedder.recipe import TrainConfig
+
+    given = {}
+
+    def spy(data, out, config, **kwargs):
+        given["config"] = config
+
+    monkeypatch.setattr(run, "train_from_folder", spy)
+    args = ("train", tmp_path / "images", "--out", tmp_path / "m")
+    kshot(*args)
+    assert given["config"] == TrainConfig()
+    kshot(*args, "--loss", "protonet", "--ways", "3")
+    assert given["config"] == TrainConfig(loss="protonet", ways=3)
+
+
+def test_each_config_field_is_an_option():
+    import dataclasses
+
+    import typer.main
+
+    from kshot.cli.app import app
+    from kshot.embedder.recipe import TrainConfig
+
+    command = typer.main.get_command(app).commands["train"]
+    options = {param.name for param in command.params}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert fields - options == {"loss_options"}  # --margin, --scale, --loss-option
+    assert "augment_option" in options  # over --augment, the preset
+
+
+@pytest.mark.parametrize("weight", ["1.5", "-1", "most"])
+def test_an_interpolation_weight_outside_zero_to_one_is_an_error(kshot, tmp_path, images, weight):
+    out = tmp_path / "model.kshot"
+    output = kshot(*_train_args(tmp_path, out), "--interpolate", weight, code=1).output
+    assert "kshot: error: --interpolate takes a weight in [0, 1]" in output
+    assert "training conv4" not in output and not out.exists()
+
+
+def test_interpolate_auto_is_chosen_on_the_held_out_classes(kshot, tmp_path):
+    out = tmp_path / "model.kshot"
+    args = (*_holdout_args(tmp_path, out), "--holdout-classes", "2", "--interpolate", "auto")
+    output = kshot(*args).output
+    assert "backbone interpolated toward its pretrained weights at alpha" in output
+    _, info = load_checkpoint(out)
+    interpolation = info["interpolation"]
+    assert interpolation["chosen"] and interpolation["alpha"] in (0, 0.25, 0.5, 0.75, 1)
+    assert set(interpolation["tried"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    assert info["scores_after"] == interpolation["metrics"]
+
+
+def test_the_mean_epoch_time_is_given_per_stage(kshot, tmp_path, images):
+    out = tmp_path / "model.kshot"
+    args = (*_train_args(tmp_path, out), "--head-epochs", "2", "--embedding-dim", "8")
+    output = kshot(*args).output
+    assert re.search(r"mean epoch: head \d+\.\d s, finetune \d+\.\d s", output), output
+
+
+def test_rotation_classes_are_counted(kshot, tmp_path, images):
+    out = tmp_path / "model.kshot"
+    output = kshot(*_train_args(tmp_path, out), "--rotation-classes").output
+    assert "of 3 classes, 12 with their rotations" in output

@@ -104,9 +104,11 @@ def train_from_folder(
     config = config or TrainConfig()
     world, torch_device = start_from_env(device)
     try:
-        return _Run(Path(data), Path(out), config, files or RunFiles(), world).train(
+        digest = _Run(Path(data), Path(out), config, files or RunFiles(), world).train(
             torch_device, resume, console
         )
+        world.wait_for_all()
+        return digest
     finally:
         stop(world)
 
