@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from kshot.cli import inspection, render, train_command
+from kshot.cli import distill_command, inspection, render, train_command
 from kshot.cli.console import (
     EXIT_FAILED,
     EXIT_SOME_INPUTS_FAILED,
@@ -247,6 +247,7 @@ def demo(
 
 for extra in (
     train_command.train,
+    distill_command.distill,
     inspection.evaluate,
     inspection.projector,
     inspection.plot,
