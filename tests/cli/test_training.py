@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import subprocess
 import sys
@@ -363,38 +362,6 @@ def test_a_val_folder_leaves_out_the_held_out_classes(kshot, tmp_path):
     output = kshot(*args).output
     # 2 images of each of the 4 training classes; the 2 held-out classes' 4 are not theirs.
     assert "validating on 8 held-out images of the training classes" in output
-
-
-@pytest.mark.parametrize(
-    ("before", "after", "warned"),
-    [
-        ({"fewshot_accuracy": 0.8}, {"fewshot_accuracy": 0.6}, True),
-        ({"fewshot_accuracy": 0.6}, {"fewshot_accuracy": 0.6}, False),
-        ({"fewshot_accuracy": 0.6}, {"fewshot_accuracy": 0.8}, False),
-        ({}, {"fewshot_accuracy": 0.1}, False),
-        ({"fewshot_accuracy": 0.9}, {"precision_at_1": 0.1}, False),
-    ],
-)
-def test_warn_if_new_classes_got_worse(monkeypatch, before, after, warned):
-    from kshot.embedder.run import _warn_if_new_classes_got_worse
-
-    records = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger("kshot")
-    logger.addHandler(handler)
-    try:
-        _warn_if_new_classes_got_worse(before, after, ["ant", "bee"])
-    finally:
-        logger.removeHandler(handler)
-    messages = [record.getMessage() for record in records]
-    if warned:
-        (message,) = messages
-        assert "training made new classes worse" in message
-        assert "2 held-out classes (ant, bee)" in message
-        assert "fell from 80.0%" in message and "to 60.0%" in message
-    else:
-        assert messages == []
 
 
 # --- augmentation and loss options -----------------------------------------------------------
