@@ -60,7 +60,8 @@ def test_held_out_classes_give_fewshot_accuracy(embedder):
     assert set(scores) == {"fewshot_accuracy"}
     assert in_unit_range(scores)
     assert validation.describe() == (
-        "3 held-out classes (3-way 5-shot, 1 queries per class, 4 episodes)"
+        "3 held-out classes (3-way 5-shot, 1 queries per class, 4 episodes; "
+        "standard error at most 11.8%)"  # 0.5 / sqrt(18 images)
     )
 
 
@@ -72,7 +73,8 @@ def test_both_kinds_together(embedder, known):
     assert in_unit_range(scores)
     assert validation.describe() == (
         "9 held-out images of the training classes and "
-        "2 held-out classes (2-way 3-shot, 1 queries per class, 3 episodes)"
+        "2 held-out classes (2-way 3-shot, 1 queries per class, 3 episodes; "
+        "standard error at most 17.7%)"  # 0.5 / sqrt(8 images)
     )
 
 

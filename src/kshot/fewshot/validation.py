@@ -49,6 +49,14 @@ class TrainingValidation:
                 self.holdout = None
 
     @property
+    def standard_error(self) -> float:
+        """The held-out accuracy's standard error at most, ``0.5 / sqrt(n)`` for its ``n``
+        images: the episodes redraw support and queries from the same images, so these are its
+        independent samples. 225 images (5 classes of 45) give 3.3 points; telling recipes 2
+        points apart takes about 2,500 held-out images."""
+        return 0.5 / np.sqrt(len(self.holdout)) if self.holdout is not None else float("nan")
+
+    @property
     def enabled(self) -> bool:
         return self.val is not None or self.holdout is not None
 
@@ -59,7 +67,8 @@ class TrainingValidation:
         if self.holdout is not None:
             parts.append(
                 f"{self.ways} held-out classes ({self.ways}-way {self.shots}-shot, "
-                f"{self.queries} queries per class, {self.episodes} episodes)"
+                f"{self.queries} queries per class, {self.episodes} episodes; "
+                f"standard error at most {self.standard_error:.1%})"
             )
         return " and ".join(parts) if parts else "nothing held out"
 
