@@ -140,8 +140,8 @@ LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
     "arcface": {"margin": math.degrees(0.5), "scale": 32},
     "softmax": {},
     "focal": {"gamma": 2.0, "alpha": 0.5},
-    # ``shots`` comes from the episodes (``--shots``).
-    "protonet": {"scale": 10.0, "learn_scale": True, "squared_distance": False},
+    # Training passes the episodes' ``--shots`` (5 by default) in place of this 5.
+    "protonet": {"shots": 5, "scale": 10.0, "learn_scale": True, "squared_distance": False},
 }
 
 

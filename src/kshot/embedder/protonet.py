@@ -50,12 +50,15 @@ class PrototypicalLoss(BaseMetricLossFunction):
             )
         super().__init__(**kwargs)
         self.shots = int(shots)
+        self.learn_scale, self.squared_distance = bool(learn_scale), bool(squared_distance)
         scale = torch.tensor(float(scale))
         if learn_scale:
             self.scale = nn.Parameter(scale)
         else:
             self.register_buffer("scale", scale)
-        self.add_to_recordable_attributes(list_of_names=["shots"], is_stat=False)
+        self.add_to_recordable_attributes(
+            list_of_names=["shots", "learn_scale", "squared_distance"], is_stat=False
+        )
 
     def logits(self, queries: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         """``(Q, P)``: higher is closer."""

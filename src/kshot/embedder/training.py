@@ -284,7 +284,7 @@ def train_embedder(
         warn_about_small_classes(images.labels, config.shots, config.queries)
         extra["shots"] = config.shots
     loss_fn, miner = build_loss(
-        config.loss, classes, embedder.embedding_dim, **config.loss_options, **extra
+        config.loss, classes, embedder.embedding_dim, **{**config.loss_options, **extra}
     )
     anchor = None
     if config.feature_distillation > 0:  # the pretrained backbone, before any resumed state
