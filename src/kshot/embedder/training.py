@@ -7,7 +7,8 @@ Stage 2 (``epochs``) unfreezes the backbone's last ``trainable_blocks`` blocks (
 default) at ``finetune_lr``.
 
 Batches are class-balanced (``m`` images of each of ``batch_size / m`` classes, from
-pytorch-metric-learning's ``MPerClassSampler``) so that every batch holds positive pairs. Every
+pytorch-metric-learning's ``MPerClassSampler``) so that every batch holds positive pairs; the
+prototypical loss gets episodes instead (:mod:`kshot.embedder.episodic_sampler`). Every
 epoch reseeds from ``(seed, epoch)``, and the state after each epoch (weights, optimisers,
 schedules, best score) can be saved, so a run resumed from its state file continues exactly as
 if it had not stopped.
