@@ -62,7 +62,7 @@ class Interpolation:
 
 def apply_interpolation(
     embedder: Embedder,
-    original: dict,
+    original: dict | None,
     setting: str | float | None,
     validate: Callable[[Embedder], dict] | None,
 ) -> Interpolation | None:

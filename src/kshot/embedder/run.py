@@ -136,7 +136,9 @@ class _Run:
             )
         except ValueError as exc:  # a head that does not fit the backbone
             raise KshotError(str(exc)) from None
-        original = {k: v.detach().clone() for k, v in embedder.backbone.state_dict().items()}
+        original = None  # the pretrained backbone's weights, for --interpolate
+        if config.interpolate is not None:
+            original = {k: v.detach().clone() for k, v in embedder.backbone.state_dict().items()}
         split, validation = self._split(classes, images, embedder_cfg)
         labels = images.labels.numpy()
         trained_classes = sorted({classes[c] for c in labels[split.train]})
