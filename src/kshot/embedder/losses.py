@@ -199,7 +199,9 @@ def build_loss(
     try:
         return factory(num_classes, embedding_dim, **overrides)
     except TypeError as err:
+        # The options its defaults do not name (training adds some, such as protonet's shots).
+        strange = sorted(set(overrides) - set(LOSS_DEFAULTS[name])) or sorted(overrides)
         raise KshotError(
-            f"loss {name!r} cannot take {sorted(overrides)}: {err}; its defaults: "
+            f"loss {name!r} cannot take {strange}: {err}; its defaults: "
             f"{LOSS_DEFAULTS.get(name, {})}"
         ) from err
