@@ -23,9 +23,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from kshot.cli.training import train_from_folder
 from kshot.embedder.checkpoint import load_checkpoint
 from kshot.embedder.inference import embed_files
+from kshot.embedder.recipe import TrainConfig
+from kshot.embedder.run import train_from_folder
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 
@@ -97,14 +98,16 @@ def main() -> int:
     parser.add_argument(
         "--val-fraction", type=float, default=0.0, help="held out to pick the best epoch"
     )
+    parser.add_argument("--ways", type=int, default=20, help="protonet's episodes")
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=5)
+    parser.add_argument("--lookahead", action="store_true")
     parser.add_argument("--export-runs", type=Path, default=None)
     args = parser.parse_args()
     model = args.out / f"omniglot-{args.loss}.kshot"
     with tempfile.TemporaryDirectory() as tmp:
         background = unpack_background(args.data, Path(tmp) / "background")
-        train_from_folder(
-            background,
-            model,
+        recipe = TrainConfig(
             backbone="conv4",  # 28 px grey by default
             embedding_dim=args.embedding_dim,
             rotation_classes=True,
@@ -114,13 +117,21 @@ def main() -> int:
                 for k, v in {"margin": args.margin, "scale": args.scale}.items()
                 if v is not None
             },
+            head_epochs=0,
             epochs=args.epochs,
             lr=args.lr,
+            finetune_lr=None,
+            schedule="none",
             batch_size=args.batch_size,
+            ways=args.ways,
+            shots=args.shots,
+            queries=args.queries,
+            lookahead=args.lookahead,
             seed=args.seed,
             val_fraction=args.val_fraction,
             holdout_classes=0,
         )
+        train_from_folder(background, model, recipe)
         history = load_checkpoint(model)[1]["history"]
         seconds = sum(epoch["seconds"] for epoch in history) / len(history)
         runs = unpack_runs(args.data, Path(tmp) / "runs")

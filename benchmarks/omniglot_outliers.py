@@ -21,8 +21,9 @@ from pathlib import Path
 
 from omniglot import DATA
 
-from kshot.cli.training import train_from_folder
 from kshot.embedder.checkpoint import load_checkpoint
+from kshot.embedder.recipe import TrainConfig
+from kshot.embedder.run import train_from_folder
 from kshot.fewshot.library import Library, folder_items
 from kshot.index.vector_index import IndexSpec
 
@@ -57,17 +58,20 @@ def main() -> int:
         all_small2 = unpack(args.data / "images_background_small2.zip", Path(tmp) / "unused", set())
         unpack(args.data / "images_background_small2.zip", novel, all_small2 - seen)
         model = args.out / "omniglot-small1.kshot"
-        train_from_folder(
-            train,
-            model,
+        recipe = TrainConfig(
             backbone="conv4",
             rotation_classes=True,
             loss="triplet",
             loss_options={"margin": args.margin},
+            head_epochs=0,
             epochs=args.epochs,
+            lr=1e-3,
+            finetune_lr=None,
+            schedule="none",
             batch_size=128,
             seed=args.seed,
         )
+        train_from_folder(train, model, recipe)
         items, _ = folder_items(novel)
         rng = random.Random(args.seed)
         labels = sorted({label for _, label in items})

@@ -27,12 +27,14 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from kshot.cli.training import train_from_folder
 from kshot.embedder.augment import augment_config
 from kshot.embedder.checkpoint import load_checkpoint
 from kshot.embedder.images import class_folders
 from kshot.embedder.inference import embed_files
+from kshot.embedder.interpolation import interpolate_state
 from kshot.embedder.model import EmbedderConfig, build_embedder
+from kshot.embedder.recipe import TrainConfig
+from kshot.embedder.run import train_from_folder
 from kshot.fewshot.decision import prototypes
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "plantvillage-leaf38"
@@ -85,12 +87,23 @@ def few_shot_accuracy(embedder, new: list[Path]) -> dict:
     return result
 
 
+def interpolated_scores(model: Path, alphas: list[float], new: list[Path]) -> dict:
+    """The new classes' accuracy with the trained backbone interpolated toward the pretrained
+    one (WiSE-FT) at each of ``alphas``: the same training run, scored after the fact."""
+    embedder, _ = load_checkpoint(model)
+    original = build_embedder(embedder.config).backbone.state_dict()
+    tuned = {k: v.clone() for k, v in embedder.backbone.state_dict().items()}
+    scores = {}
+    for alpha in alphas:
+        embedder.backbone.load_state_dict(interpolate_state(original, tuned, alpha))
+        scores[str(alpha)] = few_shot_accuracy(embedder, new)
+    return scores
+
+
 def train_and_score(args, loss: str, base: Path, new: list[Path], stage2: bool) -> dict:
-    model = args.out / f"plantvillage-{loss}-{'both' if stage2 else 'stage1'}.kshot"
+    model = args.out / f"plantvillage-{loss}{args.tag}-{'both' if stage2 else 'stage1'}.kshot"
     start = time.perf_counter()
-    train_from_folder(
-        base,
-        model,
+    recipe = TrainConfig(
         backbone=args.backbone,
         embedding_dim=args.embedding_dim,
         head_hidden=args.head_hidden,
@@ -102,23 +115,37 @@ def train_and_score(args, loss: str, base: Path, new: list[Path], stage2: bool) 
         lr=args.lr,
         finetune_lr=args.finetune_lr,
         batch_size=args.batch_size,
+        ways=args.ways,
+        shots=args.shots,
+        queries=args.queries,
+        lookahead=args.lookahead,
+        interpolate=args.interpolate,
+        feature_distillation=args.feature_distillation,
         augment=augment_config(args.augment),
         schedule=args.schedule,
         val_fraction=args.val_fraction,
         holdout_classes=args.holdout_classes,
         seed=args.seed,
     )
+    train_from_folder(base, model, recipe)
     seconds = time.perf_counter() - start
     embedder, info = load_checkpoint(model)
     history = info["history"]
     epochs = [h["seconds"] for h in history if h["stage"] != "head"]
-    return few_shot_accuracy(embedder, new) | {
-        "minutes": round(seconds / 60, 2),
-        "best_epoch": info["best_epoch"],
-        "seconds_per_finetune_epoch": round(float(np.mean(epochs)), 1) if epochs else None,
-        "scores_before": info["scores_before"],
-        "scores_after": info["scores_after"],
-    }
+    row = {}
+    if stage2 and args.alphas:
+        row["interpolated"] = interpolated_scores(model, args.alphas, new)
+    return (
+        row
+        | few_shot_accuracy(embedder, new)
+        | {
+            "minutes": round(seconds / 60, 2),
+            "best_epoch": info["best_epoch"],
+            "seconds_per_finetune_epoch": round(float(np.mean(epochs)), 1) if epochs else None,
+            "scores_before": info["scores_before"],
+            "scores_after": info["scores_after"],
+        }
+    )
 
 
 def main() -> int:
@@ -136,6 +163,16 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--finetune-lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--ways", type=int, default=20, help="protonet's episodes")
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=5)
+    parser.add_argument("--lookahead", action="store_true")
+    parser.add_argument("--interpolate", default=None, help="WiSE-FT: a weight or auto")
+    parser.add_argument("--feature-distillation", type=float, default=0.0)
+    parser.add_argument("--tag", default="", help="added to the model files' names")
+    parser.add_argument(
+        "--alphas", type=float, nargs="*", default=[], help="score WiSE-FT at these weights"
+    )
     parser.add_argument("--augment", default="photo")
     parser.add_argument("--schedule", default="none")
     parser.add_argument("--val-fraction", type=float, default=0.1)
@@ -156,6 +193,8 @@ def main() -> int:
             print(json.dumps(rows[-1]), flush=True)
         for loss in args.loss or ["arcface"]:
             stages = [True] if args.skip_stage1_only else [False, True]
+            if args.epochs == 0:  # stage 1 alone
+                stages = [False]
             for stage2 in stages:
                 row = {"loss": loss, "stage": "1+2" if stage2 else "1"}
                 rows.append(row | train_and_score(args, loss, base, new, stage2))

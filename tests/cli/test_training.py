@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +50,6 @@ def test_train_writes_a_model_that_init_and_query_use(kshot, images, tmp_path):
     assert "epoch 2/2" in result.output
     embedder, info = load_checkpoint(model)
     assert embedder.embedding_dim == 16 and info["classes"] == ["bars", "blob", "corner"]
-    assert info["data"] == "images"  # the folder's name, not where its maker keeps it
     kshot("init", tmp_path / "lib", "--model", model)
     kshot("enroll", tmp_path / "lib", tmp_path / "images")
     (row,) = kshot.json("query", tmp_path / "lib", images["corner"][0], "--method", "knn")
@@ -90,8 +89,8 @@ def built_loss(monkeypatch) -> dict:
 
 
 def test_the_help_lists_every_loss(kshot):
-    from kshot.cli.train_command import LOSS_NAMES
     from kshot.embedder.losses import LOSSES
+    from kshot.embedder.recipe import LOSS_NAMES
 
     assert list(LOSS_NAMES) == list(LOSSES)
     assert "quadruplet" in kshot("train", "--help").output
@@ -179,14 +178,38 @@ def test_fewer_than_two_usable_classes_is_an_error(kshot, tmp_path):
         (("--epochs", "2"), 1),  # ends with the best epoch's weights
         (("--head-epochs", "1", "--epochs", "1"), 1),
         (("--epochs", "2"), 2),  # stopped before the model file was written
+        (("--epochs", "2", "--lookahead"), 1),  # its slow weights are in the state
+        (
+            (
+                "--epochs",
+                "2",
+                "--loss",
+                "protonet",
+                "--ways",
+                "3",
+                "--shots",
+                "1",
+                "--queries",
+                "1",
+            ),
+            1,
+        ),
     ],
-    ids=["mid-stage", "mid-stage-validated", "between-stages", "after-the-last-epoch"],
+    ids=[
+        "mid-stage",
+        "mid-stage-validated",
+        "between-stages",
+        "after-the-last-epoch",
+        "lookahead",
+        "protonet",
+    ],
 )
 def test_resume_finishes_a_stopped_run_as_if_it_had_not_stopped(
     kshot, tmp_path, images, monkeypatch, options, stop_after
 ):
-    from kshot.cli.training_observer import TrainingConsole, state_path
+    from kshot.cli.training_observer import TrainingConsole
     from kshot.embedder.checkpoint import model_hash
+    from kshot.embedder.run import state_path
 
     args = (
         "train",
@@ -237,7 +260,7 @@ def test_resume_finishes_a_stopped_run_as_if_it_had_not_stopped(
 
 
 def test_resume_without_a_state_file_names_it(kshot, tmp_path, images):
-    from kshot.cli.training_observer import state_path
+    from kshot.embedder.run import state_path
 
     out = tmp_path / "model.kshot"
     output = kshot(*_train_args(tmp_path, out), "--resume", code=1).output
@@ -341,38 +364,6 @@ def test_a_val_folder_leaves_out_the_held_out_classes(kshot, tmp_path):
     assert "validating on 8 held-out images of the training classes" in output
 
 
-@pytest.mark.parametrize(
-    ("before", "after", "warned"),
-    [
-        ({"fewshot_accuracy": 0.8}, {"fewshot_accuracy": 0.6}, True),
-        ({"fewshot_accuracy": 0.6}, {"fewshot_accuracy": 0.6}, False),
-        ({"fewshot_accuracy": 0.6}, {"fewshot_accuracy": 0.8}, False),
-        ({}, {"fewshot_accuracy": 0.1}, False),
-        ({"fewshot_accuracy": 0.9}, {"precision_at_1": 0.1}, False),
-    ],
-)
-def test_warn_if_new_classes_got_worse(monkeypatch, before, after, warned):
-    from kshot.cli.training import _warn_if_new_classes_got_worse
-
-    records = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger("kshot")
-    logger.addHandler(handler)
-    try:
-        _warn_if_new_classes_got_worse(before, after, ["ant", "bee"])
-    finally:
-        logger.removeHandler(handler)
-    messages = [record.getMessage() for record in records]
-    if warned:
-        (message,) = messages
-        assert "training made new classes worse" in message
-        assert "2 held-out classes (ant, bee)" in message
-        assert "fell from 80.0%" in message and "to 60.0%" in message
-    else:
-        assert messages == []
-
-
 # --- augmentation and loss options -----------------------------------------------------------
 
 
@@ -463,9 +454,9 @@ def test_a_residual_head_keeps_the_feature_size(kshot, tmp_path, images):
 
 
 def test_dataset_normalization_is_measured_on_the_training_images(kshot, tmp_path, images):
-    from kshot.cli.training_data import read_training_folder
     from kshot.embedder.backbones import get_backbone
     from kshot.embedder.preprocess import dataset_mean_std
+    from kshot.embedder.training_folder import read_training_folder
 
     out = tmp_path / "model.kshot"
     kshot(*_train_args(tmp_path, out), "--normalization", "dataset")
@@ -478,16 +469,69 @@ def test_dataset_normalization_is_measured_on_the_training_images(kshot, tmp_pat
     assert mean != get_backbone("conv4").default_preprocess().mean
 
 
-def test_training_reads_two_level_class_folders_as_a_library_enrolls_them(tmp_path):
-    from kshot.cli.training_data import class_image_lists
-    from kshot.fewshot.library import folder_items
+# --- one source of defaults; what the run reports ----------------------------------------------
 
-    root = tmp_path / "crops"
-    for crop, disease, kind in [("Tomato", "blight", "bars"), ("Tomato", "ok", "blob")]:
-        for i in range(2):
-            make_image(root / crop / disease / f"{i}.png", kind, i)
-    make_image(root / "Apple" / "0.png", "corner", 0)
-    found = class_image_lists(root)
-    assert [name for name, _ in found] == ["Apple", "Tomato/blight", "Tomato/ok"]
-    items, _ = folder_items(root)
-    assert sorted({label for _, label in items}) == [name for name, _ in found]
+
+def test_every_option_defaults_to_the_train_config(kshot, tmp_path, images, monkeypatch):
+    from kshot.embedder import run
+    from kshot.embedder.recipe import TrainConfig
+
+    given = {}
+
+    def spy(data, out, config, **kwargs):
+        given["config"] = config
+
+    monkeypatch.setattr(run, "train_from_folder", spy)
+    args = ("train", tmp_path / "images", "--out", tmp_path / "m")
+    kshot(*args)
+    assert given["config"] == TrainConfig()
+    kshot(*args, "--loss", "protonet", "--ways", "3")
+    assert given["config"] == TrainConfig(loss="protonet", ways=3)
+
+
+def test_each_config_field_is_an_option():
+    import dataclasses
+
+    import typer.main
+
+    from kshot.cli.app import app
+    from kshot.embedder.recipe import TrainConfig
+
+    command = typer.main.get_command(app).commands["train"]
+    options = {param.name for param in command.params}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert fields - options == {"loss_options"}  # --margin, --scale, --loss-option
+    assert "augment_option" in options  # over --augment, the preset
+
+
+@pytest.mark.parametrize("weight", ["1.5", "-1", "most"])
+def test_an_interpolation_weight_outside_zero_to_one_is_an_error(kshot, tmp_path, images, weight):
+    out = tmp_path / "model.kshot"
+    output = kshot(*_train_args(tmp_path, out), "--interpolate", weight, code=1).output
+    assert "kshot: error: --interpolate takes a weight in [0, 1]" in output
+    assert "training conv4" not in output and not out.exists()
+
+
+def test_interpolate_auto_is_chosen_on_the_held_out_classes(kshot, tmp_path):
+    out = tmp_path / "model.kshot"
+    args = (*_holdout_args(tmp_path, out), "--holdout-classes", "2", "--interpolate", "auto")
+    output = kshot(*args).output
+    assert "backbone interpolated toward its pretrained weights at alpha" in output
+    _, info = load_checkpoint(out)
+    interpolation = info["interpolation"]
+    assert interpolation["chosen"] and interpolation["alpha"] in (0, 0.25, 0.5, 0.75, 1)
+    assert set(interpolation["tried"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    assert info["scores_after"] == interpolation["metrics"]
+
+
+def test_the_mean_epoch_time_is_given_per_stage(kshot, tmp_path, images):
+    out = tmp_path / "model.kshot"
+    args = (*_train_args(tmp_path, out), "--head-epochs", "2", "--embedding-dim", "8")
+    output = kshot(*args).output
+    assert re.search(r"mean epoch: head \d+\.\d s, finetune \d+\.\d s", output), output
+
+
+def test_rotation_classes_are_counted(kshot, tmp_path, images):
+    out = tmp_path / "model.kshot"
+    output = kshot(*_train_args(tmp_path, out), "--rotation-classes").output
+    assert "of 3 classes, 12 with their rotations" in output

@@ -16,7 +16,7 @@ from kshot.embedder.quadruplet import QuadrupletLoss
 from kshot.errors import KshotError
 
 NAMES = ["contrastive", "triplet", "quadruplet", "sphereface", "cosface", "arcface", "softmax"]
-NAMES += ["focal"]
+NAMES += ["focal", "protonet"]
 
 
 def _clusters(seed=0, classes=4, per_class=8, dim=8):
@@ -55,9 +55,10 @@ def test_every_loss_falls_while_training_a_tiny_embedder(name):
     first, last = sum(history[:3]) / 3, sum(history[-3:]) / 3
     assert first > 0
     assert last < 0.6 * first, history
-    # Class weights (where the loss has any) are trained along with the embedder.
+    # Class weights or a scale (where the loss has any) are trained along with the embedder.
     assert all(not torch.equal(p0, p) for p0, p in zip(own, loss_fn.parameters(), strict=True))
-    assert bool(own) == (name in {"sphereface", "cosface", "arcface", "softmax", "focal"})
+    trained = {"sphereface", "cosface", "arcface", "softmax", "focal", "protonet"}
+    assert bool(own) == (name in trained)
 
 
 def test_the_defaults_are_those_of_the_table():

@@ -1,5 +1,7 @@
 """Optimisers and learning-rate schedules by name (optim.py)."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -111,3 +113,44 @@ def test_plateau_counts_a_lower_score_as_worse():
     for score in [0.9, 0.8, 0.7, 0.6]:
         step_schedule(schedule, score)
     assert lr_of(optimizer) == pytest.approx(0.01)
+
+
+# --- Lookahead ---------------------------------------------------------------------------------
+
+
+def _steps(optimizer, weight: nn.Parameter, count: int) -> list[torch.Tensor]:
+    """``count`` steps on ``|weight - target|^2``; the weights after each."""
+    target = torch.tensor([1.0, -2.0, 0.5])
+    seen = []
+    for _ in range(count):
+        optimizer.zero_grad()
+        ((weight - target) ** 2).sum().backward()
+        optimizer.step()
+        seen.append(weight.detach().clone())
+    return seen
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_lookahead_slow_weights_after_k_steps_follow_the_formula(name):
+    """After k=5 inner steps the weights are slow + alpha (fast - slow), alpha=0.5, where fast
+    is where the inner optimiser alone would be; before that they are the inner steps'."""
+    start = torch.tensor([0.3, 0.2, -0.1])
+    plain = nn.Parameter(start.clone())
+    fast = _steps(build_optimizer(name, [plain], 0.05, None), plain, 5)
+    wrapped = nn.Parameter(start.clone())
+    optimizer = build_optimizer(name, [wrapped], 0.05, None, lookahead=True)
+    seen = _steps(optimizer, wrapped, 5)
+    assert all(torch.equal(a, b) for a, b in zip(seen[:4], fast[:4], strict=True))
+    expected = start + 0.5 * (fast[4] - start)
+    assert torch.allclose(seen[4], expected, atol=1e-7)
+    assert lr_of(optimizer) == 0.05  # schedules see the inner optimiser's groups
+
+
+def test_lookahead_state_round_trips_for_resume():
+    weight = nn.Parameter(torch.zeros(3))
+    optimizer = build_optimizer("adam", [weight], 0.05, None, lookahead=True)
+    _steps(optimizer, weight, 3)  # stopped before the first synchronisation
+    again = nn.Parameter(weight.detach().clone())
+    restored = build_optimizer("adam", [again], 0.05, None, lookahead=True)
+    restored.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # as a state file has it
+    assert torch.equal(_steps(optimizer, weight, 4)[-1], _steps(restored, again, 4)[-1])

@@ -1,20 +1,24 @@
 """Training an embedder (training.py): the two stages, what each may change, resuming a stopped
 run exactly, the best epoch, early stopping and every loss, on a tiny grey image set."""
 
+import copy
 import io
 import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kshot.embedder.augment import AugmentConfig
 from kshot.embedder.backbones import get_backbone
 from kshot.embedder.distributed import Distributed
+from kshot.embedder.inference import backbone_features
 from kshot.embedder.losses import LOSSES
 from kshot.embedder.model import EmbedderConfig, build_embedder
 from kshot.embedder.preprocess import PreprocessConfig
 from kshot.embedder.training import (
+    LossModel,
     Observer,
     Stage,
     TrainConfig,
@@ -27,8 +31,16 @@ from kshot.embedder.trainset import ImageSet
 from kshot.errors import KshotError
 
 SIDE = 16
-# 4 classes x 6 images, batches of 4 classes x 2 images: three steps an epoch.
-FAST = {"batch_size": 8, "samples_per_class": 2}
+# 4 classes x 6 images, batches of 4 classes x 2 images: three steps an epoch (protonet: one
+# episode of 4 ways, 2 shots and 2 queries).
+FAST = {"batch_size": 8, "samples_per_class": 2, "ways": 4, "shots": 2, "queries": 2}
+# The training loop's plainest settings, which these tests vary one at a time (kshot train's
+# defaults are a two-stage ArcFace recipe for pretrained backbones).
+PLAIN = {"loss": "triplet", "head_epochs": 0, "lr": 1e-3, "finetune_lr": None, "schedule": "none"}
+
+
+def recipe(**settings) -> TrainConfig:
+    return TrainConfig(**{**PLAIN, **settings})
 
 
 def tiny_images(classes: int = 4, per_class: int = 6, seed: int = 0) -> ImageSet:
@@ -111,7 +123,7 @@ def scores_by_epoch(recorder: Recorder, scores: dict[int, float]):
 
 
 def test_plan_with_a_head_stage_finetunes_at_a_tenth_of_the_lr():
-    stages = plan_stages(TrainConfig(head_epochs=2, epochs=3, lr=1e-3, trainable_blocks=2))
+    stages = plan_stages(recipe(head_epochs=2, epochs=3, lr=1e-3, trainable_blocks=2))
     assert [s.name for s in stages] == ["head", "finetune"]
     assert [s.epochs for s in stages] == [2, 3]
     assert stages[0].lr == 1e-3 and stages[0].trainable_blocks == 0
@@ -119,22 +131,22 @@ def test_plan_with_a_head_stage_finetunes_at_a_tenth_of_the_lr():
 
 
 def test_plan_without_a_head_stage_trains_everything_at_the_lr():
-    assert plan_stages(TrainConfig(epochs=4, lr=3e-3)) == [Stage("train", 4, 3e-3, None)]
+    assert plan_stages(recipe(epochs=4, lr=3e-3)) == [Stage("train", 4, 3e-3, None)]
 
 
 def test_plan_with_only_a_head_stage():
-    assert plan_stages(TrainConfig(head_epochs=5, epochs=0, lr=2e-3)) == [Stage("head", 5, 2e-3, 0)]
+    assert plan_stages(recipe(head_epochs=5, epochs=0, lr=2e-3)) == [Stage("head", 5, 2e-3, 0)]
 
 
 def test_plan_uses_an_explicit_finetune_lr():
-    stages = plan_stages(TrainConfig(head_epochs=1, epochs=1, lr=1e-2, finetune_lr=5e-4))
+    stages = plan_stages(recipe(head_epochs=1, epochs=1, lr=1e-2, finetune_lr=5e-4))
     assert stages[1].lr == 5e-4
-    assert plan_stages(TrainConfig(epochs=1, lr=1e-2, finetune_lr=5e-4))[0].lr == 5e-4
+    assert plan_stages(recipe(epochs=1, lr=1e-2, finetune_lr=5e-4))[0].lr == 5e-4
 
 
 def test_plan_refuses_zero_epochs_in_both_stages():
     with pytest.raises(KshotError, match="nothing to train"):
-        plan_stages(TrainConfig(head_epochs=0, epochs=0))
+        plan_stages(recipe(head_epochs=0, epochs=0))
 
 
 # --- what each stage changes --------------------------------------------------------------------
@@ -151,7 +163,7 @@ HEAD_INPUTS = {
 def test_head_stage_leaves_the_backbone_bit_for_bit_unchanged(options):
     embedder = tiny_embedder()
     backbone, head = snapshot(embedder.backbone), snapshot(embedder.head)
-    config = TrainConfig(loss="softmax", head_epochs=2, epochs=0, **FAST, **options)
+    config = recipe(loss="softmax", head_epochs=2, epochs=0, **FAST, **options)
     result = train_embedder(embedder, tiny_images(), config)
     assert [s.stage for s in result.history] == ["head", "head"]
     # Parameters and buffers alike: batch-norm running statistics and their counters too.
@@ -168,7 +180,7 @@ def test_head_stage_augments_only_with_augment_head():
 
     def head_after(**options):
         embedder = tiny_embedder()
-        config = TrainConfig(loss="softmax", head_epochs=2, epochs=0, **FAST, **options)
+        config = recipe(loss="softmax", head_epochs=2, epochs=0, **FAST, **options)
         train_embedder(embedder, images, config)
         return snapshot(embedder.head)
 
@@ -186,7 +198,7 @@ def test_training_the_last_block_changes_only_it_and_the_head():
     assert len(blocks) == 4
     before = [snapshot(block) for block in blocks]
     head = snapshot(embedder.head)
-    config = TrainConfig(loss="softmax", epochs=2, trainable_blocks=1, **FAST)
+    config = recipe(loss="softmax", epochs=2, trainable_blocks=1, **FAST)
     train_embedder(embedder, tiny_images(), config)
     for block, saved in zip(blocks[:3], before[:3], strict=True):
         assert unchanged(saved, block) == list(saved)  # batch-norm statistics included
@@ -198,7 +210,7 @@ def test_training_the_last_block_changes_only_it_and_the_head():
 def test_a_finetune_stage_after_the_head_stage_changes_the_whole_backbone():
     embedder = tiny_embedder()
     backbone = snapshot(embedder.backbone)
-    config = TrainConfig(loss="softmax", head_epochs=1, epochs=1, **FAST)
+    config = recipe(loss="softmax", head_epochs=1, epochs=1, **FAST)
     result = train_embedder(embedder, tiny_images(), config)
     assert [(s.stage, s.epoch) for s in result.history] == [("head", 1), ("finetune", 2)]
     assert result.history[1].lr == pytest.approx(config.lr / 10)
@@ -209,7 +221,7 @@ def test_a_finetune_stage_after_the_head_stage_changes_the_whole_backbone():
 def test_a_head_stage_with_nothing_to_train_is_skipped():
     """No head and a loss without parameters: stage 1 has nothing to train."""
     embedder = tiny_embedder(embedding_dim=None, head_hidden=None)
-    config = TrainConfig(loss="triplet", head_epochs=2, epochs=1, **FAST)
+    config = recipe(loss="triplet", head_epochs=2, epochs=1, **FAST)
     result = train_embedder(embedder, tiny_images(), config)
     assert [(s.stage, s.epoch) for s in result.history] == [("finetune", 1)]
 
@@ -217,12 +229,12 @@ def test_a_head_stage_with_nothing_to_train_is_skipped():
 def test_training_needs_two_classes():
     images = tiny_images(classes=1)
     with pytest.raises(KshotError, match="two classes"):
-        train_embedder(tiny_embedder(), images, TrainConfig(epochs=1, **FAST))
+        train_embedder(tiny_embedder(), images, recipe(epochs=1, **FAST))
 
 
 def test_observer_hears_each_epoch_with_its_stage_and_step_count():
     recorder = Recorder()
-    config = TrainConfig(loss="softmax", head_epochs=1, epochs=2, **FAST)
+    config = recipe(loss="softmax", head_epochs=1, epochs=2, **FAST)
     train_embedder(tiny_embedder(), tiny_images(), config, observer=recorder)
     assert recorder.started == [("head", 1, 3), ("finetune", 2, 3), ("finetune", 3, 3)]
 
@@ -232,15 +244,15 @@ def test_observer_hears_each_epoch_with_its_stage_and_step_count():
 
 RESUMABLE = {
     "two stages, stopped at the boundary": (
-        TrainConfig(loss="arcface", head_epochs=1, epochs=2, **FAST),
+        recipe(loss="arcface", head_epochs=1, epochs=2, **FAST),
         2,
     ),
     "two stages, stopped within the second": (
-        TrainConfig(loss="arcface", head_epochs=1, epochs=2, **FAST),
+        recipe(loss="arcface", head_epochs=1, epochs=2, **FAST),
         3,
     ),
     "augmented head stage, stopped within it": (
-        TrainConfig(
+        recipe(
             loss="softmax",
             head_epochs=2,
             epochs=1,
@@ -252,7 +264,7 @@ RESUMABLE = {
         2,
     ),
     "one stage, cosine schedule": (
-        TrainConfig(loss="triplet", epochs=3, schedule="cosine", optimizer="adamw", **FAST),
+        recipe(loss="triplet", epochs=3, schedule="cosine", optimizer="adamw", **FAST),
         2,
     ),
 }
@@ -310,11 +322,11 @@ def test_a_resumed_run_ends_exactly_as_an_unbroken_one(config, stop_in):
 
 def test_resuming_with_other_settings_names_them():
     images = tiny_images()
-    config = TrainConfig(loss="softmax", epochs=2, lr=1e-3, **FAST)
+    config = recipe(loss="softmax", epochs=2, lr=1e-3, **FAST)
     recorder = Recorder(stop_in=2)
     with pytest.raises(Interrupted):
         train_embedder(tiny_embedder(), images, config, observer=recorder)
-    other = TrainConfig(loss="softmax", epochs=2, lr=5e-3, **FAST)
+    other = recipe(loss="softmax", epochs=2, lr=5e-3, **FAST)
     with pytest.raises(KshotError, match="cannot resume") as caught:
         train_embedder(tiny_embedder(), images, other, resume_from=recorder.state)
     assert "lr" in str(caught.value)
@@ -322,7 +334,7 @@ def test_resuming_with_other_settings_names_them():
 
 
 def test_resuming_on_other_images_is_refused():
-    config = TrainConfig(loss="softmax", epochs=2, **FAST)
+    config = recipe(loss="softmax", epochs=2, **FAST)
     recorder = Recorder(stop_in=2)
     with pytest.raises(Interrupted):
         train_embedder(tiny_embedder(), tiny_images(), config, observer=recorder)
@@ -334,11 +346,11 @@ def test_resuming_on_other_images_is_refused():
 
 def test_resuming_may_change_the_patience():
     images = tiny_images()
-    config = TrainConfig(loss="softmax", epochs=2, **FAST)
+    config = recipe(loss="softmax", epochs=2, **FAST)
     recorder = Recorder(stop_in=2)
     with pytest.raises(Interrupted):
         train_embedder(tiny_embedder(), images, config, observer=recorder)
-    patient = TrainConfig(loss="softmax", epochs=2, patience=5, **FAST)
+    patient = recipe(loss="softmax", epochs=2, patience=5, **FAST)
     result = train_embedder(tiny_embedder(), images, patient, resume_from=recorder.state)
     assert [s.epoch for s in result.history] == [1, 2]
 
@@ -357,7 +369,7 @@ def test_saved_state_survives_torch_save_and_a_weights_only_load():
         return {k: v.clone() for k, v in state["model"].items()}, dict(state["config"])
 
     scores = iter([0.5, 0.7, 0.6])
-    config = TrainConfig(loss="arcface", head_epochs=1, epochs=2, schedule="plateau", **FAST)
+    config = recipe(loss="arcface", head_epochs=1, epochs=2, schedule="plateau", **FAST)
     train_embedder(
         tiny_embedder(),
         tiny_images(),
@@ -388,7 +400,7 @@ def test_the_embedder_ends_with_the_best_epochs_weights():
     result = train_embedder(
         embedder,
         tiny_images(),
-        TrainConfig(loss="softmax", epochs=3, **FAST),
+        recipe(loss="softmax", epochs=3, **FAST),
         observer=recorder,
         validate=lambda e: {"precision_at_1": next(scores), "other": 1.0},
     )
@@ -404,7 +416,7 @@ def test_without_validation_the_embedder_keeps_the_last_weights():
     embedder = tiny_embedder()
     recorder = Recorder(embedder)
     result = train_embedder(
-        embedder, tiny_images(), TrainConfig(loss="softmax", epochs=2, **FAST), observer=recorder
+        embedder, tiny_images(), recipe(loss="softmax", epochs=2, **FAST), observer=recorder
     )
     assert result.best_epoch is None and result.best_metrics == {}
     final = embedder.state_dict()
@@ -417,7 +429,7 @@ def test_patience_stops_a_stage_that_stopped_improving(patience, epochs_run):
     result = train_embedder(
         tiny_embedder(),
         tiny_images(),
-        TrainConfig(loss="softmax", epochs=5, patience=patience, **FAST),
+        recipe(loss="softmax", epochs=5, patience=patience, **FAST),
         validate=lambda e: {"precision_at_1": next(scores)},
     )
     assert len(result.history) == epochs_run
@@ -429,7 +441,7 @@ def test_patience_lets_an_improving_run_finish():
     result = train_embedder(
         tiny_embedder(),
         tiny_images(),
-        TrainConfig(loss="softmax", epochs=4, patience=1, **FAST),
+        recipe(loss="softmax", epochs=4, patience=1, **FAST),
         validate=lambda e: {"precision_at_1": next(scores)},
     )
     assert len(result.history) == 4 and result.best_epoch == 4
@@ -440,9 +452,7 @@ def test_patience_lets_an_improving_run_finish():
 
 @pytest.mark.parametrize("loss", list(LOSSES))
 def test_every_loss_trains_end_to_end(loss):
-    result = train_embedder(
-        tiny_embedder(), tiny_images(), TrainConfig(loss=loss, epochs=2, **FAST)
-    )
+    result = train_embedder(tiny_embedder(), tiny_images(), recipe(loss=loss, epochs=2, **FAST))
     assert len(result.history) == 2
     assert all(math.isfinite(s.loss) and s.loss >= 0 for s in result.history)
 
@@ -457,7 +467,7 @@ OPTIONS = {
 
 @pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
 def test_batch_options_train(options):
-    config = TrainConfig(**{"epochs": 2, **FAST, **options})
+    config = recipe(**{"epochs": 2, **FAST, **options})
     result = train_embedder(tiny_embedder(), tiny_images(), config)
     assert len(result.history) == 2
     assert all(math.isfinite(s.loss) for s in result.history)
@@ -467,7 +477,7 @@ def test_labels_need_not_be_consecutive_for_the_angular_losses():
     """arcface indexes its class weights by label: labels are recoded to 0..C-1 first."""
     images = tiny_images()
     images = ImageSet(images.pixels, torch.tensor([3, 7, 40, 1000]).repeat_interleave(6))
-    result = train_embedder(tiny_embedder(), images, TrainConfig(loss="arcface", epochs=1, **FAST))
+    result = train_embedder(tiny_embedder(), images, recipe(loss="arcface", epochs=1, **FAST))
     assert math.isfinite(result.history[0].loss)
 
 
@@ -477,7 +487,7 @@ def test_class_weights_change_the_loss_on_unbalanced_classes():
     images = images.subset(keep)  # 12, 3, 3 and 3 images
     losses = []
     for weighted in (False, True):
-        config = TrainConfig(loss="softmax", epochs=1, class_weights=weighted, **FAST)
+        config = recipe(loss="softmax", epochs=1, class_weights=weighted, **FAST)
         losses.append(train_embedder(tiny_embedder(), images, config).history[0].loss)
     assert losses[0] != losses[1]
 
@@ -497,7 +507,7 @@ def test_a_class_absent_from_the_labels_gets_weight_zero():
 def test_balanced_batches_hold_m_images_of_each_class():
     labels = torch.arange(5).repeat_interleave(6)  # 5 classes x 6
     dataset = torch.utils.data.TensorDataset(torch.arange(30), labels)
-    config = TrainConfig(batch_size=8, samples_per_class=2)
+    config = recipe(batch_size=8, samples_per_class=2)
     batches = [batch_labels for _, batch_labels in _loader(dataset, labels, config, Distributed())]
     assert len(batches) == 30 // 8
     for batch_labels in batches:
@@ -505,22 +515,52 @@ def test_balanced_batches_hold_m_images_of_each_class():
         assert sorted(counts.tolist()) == [0, 2, 2, 2, 2]
 
 
-def test_bf16_training_on_the_cpu_runs_under_autocast_and_learns(monkeypatch):
-    """CPU autocast runs anywhere torch does (emulated without native bf16): the weights stay
-    float32, the loss is finite, and the steps ran in bfloat16."""
-    seen = []
-    real = torch.nn.functional.conv2d
+# --- what picks the epoch; keeping the pretrained features --------------------------------------
 
-    def conv2d(x, *args, **kwargs):
-        seen.append(x.dtype)
-        return real(x, *args, **kwargs)
 
-    monkeypatch.setattr(torch.nn.functional, "conv2d", conv2d)
+def test_the_held_out_classes_pick_the_epoch_when_there_are_some():
+    """Known-class precision@1 peaks at epoch 1, new-class accuracy at epoch 2: epoch 2 is kept,
+    and both stay in the history."""
+    recorder = Recorder()
+    table = {1: (0.9, 0.5), 2: (0.6, 0.7), 3: (0.8, 0.6)}
+
+    def validate(embedder):
+        p_at_1, fewshot = table[recorder.epoch]
+        return {"precision_at_1": p_at_1, "fewshot_accuracy": fewshot}
+
+    result = train_embedder(
+        tiny_embedder(),
+        tiny_images(),
+        recipe(loss="softmax", epochs=3, **FAST),
+        validate=validate,
+        observer=recorder,
+    )
+    assert result.best_epoch == 2 and result.best_metrics["fewshot_accuracy"] == 0.7
+    assert [s.metrics["precision_at_1"] for s in result.history] == [0.9, 0.6, 0.8]
+
+
+def test_the_distillation_penalty_is_zero_for_an_unchanged_backbone():
     embedder = tiny_embedder()
-    before = snapshot(embedder)
-    config = TrainConfig(**{"epochs": 2, **FAST, "precision": "bf16"})
-    result = train_embedder(embedder, tiny_images(), config)
-    assert all(math.isfinite(s.loss) for s in result.history)
-    assert torch.bfloat16 in seen
-    assert all(p.dtype == torch.float32 for p in embedder.parameters())
-    assert unchanged(before, embedder) != list(before)  # it trained
+    loss, _ = LOSSES["softmax"](4, embedder.embedding_dim)
+    images = tiny_images()
+    inputs = embedder.config.preprocess.normalize(images.pixels)
+    anchor = copy.deepcopy(embedder.backbone).eval()
+    embedder.eval()  # the anchor is in eval mode; so the compared backbone must be here
+    with_anchor = LossModel(embedder, loss, None, anchor, distill=5.0)(inputs, images.labels)
+    plain = LossModel(embedder, loss, None)(inputs, images.labels)
+    assert with_anchor.item() == pytest.approx(plain.item(), abs=1e-6)
+
+
+def test_feature_distillation_keeps_the_backbone_nearer_its_original_features():
+    images = tiny_images()
+
+    def drift(weight: float) -> float:
+        embedder = tiny_embedder()
+        config = recipe(loss="softmax", epochs=3, lr=1e-2, feature_distillation=weight, **FAST)
+        train_embedder(embedder, images, config)
+        before = backbone_features(tiny_embedder(), images.pixels)
+        after = backbone_features(embedder, images.pixels)
+        return 1 - F.cosine_similarity(before, after, dim=1).mean().item()
+
+    free, held = drift(0.0), drift(10.0)
+    assert held < free / 2, (held, free)

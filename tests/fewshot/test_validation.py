@@ -60,7 +60,8 @@ def test_held_out_classes_give_fewshot_accuracy(embedder):
     assert set(scores) == {"fewshot_accuracy"}
     assert in_unit_range(scores)
     assert validation.describe() == (
-        "3 held-out classes (3-way 5-shot, 1 queries per class, 4 episodes)"
+        "3 held-out classes (3-way 5-shot, 1 queries per class, 4 episodes; "
+        "standard error at most 11.8%)"  # 0.5 / sqrt(18 images)
     )
 
 
@@ -72,7 +73,8 @@ def test_both_kinds_together(embedder, known):
     assert in_unit_range(scores)
     assert validation.describe() == (
         "9 held-out images of the training classes and "
-        "2 held-out classes (2-way 3-shot, 1 queries per class, 3 episodes)"
+        "2 held-out classes (2-way 3-shot, 1 queries per class, 3 episodes; "
+        "standard error at most 17.7%)"  # 0.5 / sqrt(8 images)
     )
 
 
@@ -159,3 +161,30 @@ def test_untrained_scores_the_backbone_features_without_the_head(embedder, known
     collapsed = validation(headed)
     assert collapsed["precision_at_1"] < own["precision_at_1"]
     assert collapsed != pytest.approx(own)
+
+
+def test_backbone_features_are_reused_until_the_backbone_changes(known, monkeypatch):
+    """Stage 1 trains a head on a frozen backbone: validation then runs only the head, and
+    scores as a fresh pass would."""
+    from kshot.fewshot import validation as module
+
+    model = make_conv4(0, embedding_dim=8)
+    val, references = known
+    holdout = crops({3: 6, 4: 6})
+    validation = TrainingValidation(val, references, holdout, episodes=2)
+    passes = []
+    real = module.backbone_features
+    monkeypatch.setattr(
+        module, "backbone_features", lambda e, pixels: passes.append(1) or real(e, pixels)
+    )
+    validation(model)
+    assert len(passes) == 3  # val, references, held-out classes
+    with torch.no_grad():
+        model.head.weight.mul_(-1)  # the head trains: the features are kept
+    kept = validation(model)
+    assert len(passes) == 3
+    assert kept == TrainingValidation(val, references, holdout, episodes=2)(model)
+    with torch.no_grad():
+        next(model.backbone.parameters()).add_(0.01)  # the backbone trains: computed again
+    validation(model)
+    assert len(passes) == 3 + 3 + 3

@@ -9,7 +9,14 @@ from typing import Annotated
 
 import typer
 
-from kshot.cli import inspection, maintenance, render, serve_command, train_command
+from kshot.cli import (
+    distill_command,
+    inspection,
+    maintenance,
+    render,
+    serve_command,
+    train_command,
+)
 from kshot.cli.console import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -441,6 +448,7 @@ def demo(
 
 for extra in (
     train_command.train,
+    distill_command.distill,
     inspection.evaluate,
     inspection.projector,
     inspection.plot,

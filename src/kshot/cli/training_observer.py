@@ -10,6 +10,7 @@ import torch
 
 from kshot.atomic import atomic_path
 from kshot.cli.console import progress, say
+from kshot.embedder.run import format_scores
 from kshot.embedder.training import EpochStats, Observer
 
 # TensorBoard tags of the validation scores (kshot.fewshot.validation).
@@ -18,16 +19,6 @@ SCALARS = {
     "accuracy": "val/accuracy",
     "fewshot_accuracy": "holdout/fewshot_accuracy",
 }
-
-
-def state_path(model: Path) -> Path:
-    """Where a run writing ``model`` keeps its state while it trains."""
-    return model.with_name(model.name + ".state")
-
-
-def format_scores(metrics: dict) -> str:
-    names = {"precision_at_1": "P@1", "accuracy": "acc", "fewshot_accuracy": "new-class acc"}
-    return "  ".join(f"{names.get(k, k)} {v:.1%}" for k, v in metrics.items())
 
 
 class TrainingConsole(Observer):
@@ -65,6 +56,9 @@ class TrainingConsole(Observer):
             for name, value in stats.metrics.items():
                 self.writer.add_scalar(SCALARS.get(name, f"val/{name}"), value, stats.epoch)
             self.writer.flush()
+
+    def notice(self, message: str) -> None:
+        say(message)
 
     def save_state(self, state: dict) -> None:
         with atomic_path(self.state_file) as tmp:

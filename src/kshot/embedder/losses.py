@@ -21,6 +21,9 @@ arcface       pml ArcFaceLoss          none                         margin 28.65
                                                                     scale 32
 softmax       LinearSoftmaxLoss        none                         (none)
 focal         FocalLoss                none                         gamma 2, alpha 0.5
+protonet      PrototypicalLoss         none: the batch is an        scale 10 (learnt), cosine
+              (kshot.embedder.         episode (kshot.embedder.
+              protonet)                episodic_sampler)
 ============  =======================  ===========================  ===============================
 
 pml's ArcFaceLoss takes its margin in degrees, so an ``arcface`` override ``margin=`` is in degrees
@@ -53,6 +56,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
 
+from kshot.embedder.protonet import PrototypicalLoss
 from kshot.embedder.quadruplet import QuadrupletLoss
 from kshot.errors import KshotError
 
@@ -136,6 +140,8 @@ LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
     "arcface": {"margin": math.degrees(0.5), "scale": 32},
     "softmax": {},
     "focal": {"gamma": 2.0, "alpha": 0.5},
+    # Training passes the episodes' ``--shots`` (5 by default) in place of this 5.
+    "protonet": {"shots": 5, "scale": 10.0, "learn_scale": True, "squared_distance": False},
 }
 
 
@@ -166,6 +172,8 @@ _BUILDERS: dict[str, LossFactory] = {
     "arcface": lambda classes, dim, **kw: (losses.ArcFaceLoss(classes, dim, **kw), None),
     "softmax": lambda classes, dim, **kw: (LinearSoftmaxLoss(classes, dim, **kw), None),
     "focal": lambda classes, dim, **kw: (FocalLoss(classes, dim, **kw), None),
+    # Prototypes of each episode's support images (Snell et al. 2017).
+    "protonet": lambda classes, dim, **kw: (PrototypicalLoss(**kw), None),
 }
 
 
@@ -191,7 +199,9 @@ def build_loss(
     try:
         return factory(num_classes, embedding_dim, **overrides)
     except TypeError as err:
+        # The options its defaults do not name (training adds some, such as protonet's shots).
+        strange = sorted(set(overrides) - set(LOSS_DEFAULTS[name])) or sorted(overrides)
         raise KshotError(
-            f"loss {name!r} cannot take {sorted(overrides)}: {err}; its defaults: "
+            f"loss {name!r} cannot take {strange}: {err}; its defaults: "
             f"{LOSS_DEFAULTS.get(name, {})}"
         ) from err

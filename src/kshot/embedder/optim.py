@@ -1,25 +1,76 @@
-"""Optimisers and learning-rate schedules by name, as ``kshot train`` offers them."""
+"""Optimisers and learning-rate schedules by name, as ``kshot train`` offers them.
+
+``lookahead`` wraps the optimiser in Lookahead (Zhang et al. 2019) with k=5 and alpha=0.5:
+every 5 steps the *slow* weights move half way toward the fast ones the inner optimiser
+reached, and the fast weights restart from there. It is timm's ``timm.optim.Lookahead``
+(imported only when asked for), a ``torch.optim.Optimizer`` whose ``param_groups`` are the
+inner optimiser's, so the learning-rate schedules and the gradient scaler work on it as on the
+inner one, with one correction (:func:`_lookahead`).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from kshot.embedder.recipe import OPTIMIZERS, SCHEDULES
 from kshot.errors import KshotError
 
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("none", "cosine", "plateau")
+LOOKAHEAD_K = 5
+LOOKAHEAD_ALPHA = 0.5
 
 
 def build_optimizer(
-    name: str, params: list[nn.Parameter], lr: float, weight_decay: float | None
+    name: str,
+    params: list[nn.Parameter],
+    lr: float,
+    weight_decay: float | None,
+    lookahead: bool = False,
 ) -> torch.optim.Optimizer:
-    """Adam or AdamW; ``weight_decay=None`` keeps torch's default (0 for Adam, 0.01 for AdamW)."""
+    """Adam or AdamW, in Lookahead if ``lookahead``; ``weight_decay=None`` keeps torch's
+    default (0 for Adam, 0.01 for AdamW)."""
     kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     if name not in kinds:
         raise KshotError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
     extra = {} if weight_decay is None else {"weight_decay": weight_decay}
-    return kinds[name](params, lr=lr, **extra)
+    optimizer = kinds[name](params, lr=lr, **extra)
+    return _lookahead(optimizer) if lookahead else optimizer
+
+
+def _lookahead(inner: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """timm's Lookahead, with the slow weights starting at the initial weights, as in the
+    paper. timm's start lazily at the weights the first k steps reach (it cannot keep them in
+    the inner optimiser's state before the first step: Adam initialises a state that is empty),
+    so its first synchronisation does nothing. The initial weights are kept here until then,
+    and travel in ``state_dict`` so that a resumed run ends as an unbroken one."""
+    from timm.optim import Lookahead
+
+    class SlowFromTheStart(Lookahead):
+        def __init__(self, base):
+            super().__init__(base, alpha=LOOKAHEAD_ALPHA, k=LOOKAHEAD_K)
+            self.initial = [p.detach().clone() for p in self._params()]
+
+        def _params(self) -> list[torch.Tensor]:
+            return [p for group in self.param_groups for p in group["params"]]
+
+        def update_slow(self, group):
+            in_group = {id(p) for p in group["params"]}
+            for index, param in enumerate(self._params()):
+                initial = self.initial[index]
+                if initial is not None and id(param) in in_group and param.grad is not None:
+                    self._base_optimizer.state[param]["lookahead_slow_buff"] = initial.to(param)
+                    self.initial[index] = None
+            super().update_slow(group)
+
+        def state_dict(self):
+            return {**super().state_dict(), "lookahead_initial": self.initial}
+
+        def load_state_dict(self, state_dict):
+            state_dict = dict(state_dict)
+            self.initial = state_dict.pop("lookahead_initial")
+            super().load_state_dict(state_dict)
+
+    return SlowFromTheStart(inner)
 
 
 def build_schedule(name: str, optimizer: torch.optim.Optimizer, epochs: int):

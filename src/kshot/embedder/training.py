@@ -7,7 +7,8 @@ Stage 2 (``epochs``) unfreezes the backbone's last ``trainable_blocks`` blocks (
 default) at ``finetune_lr``.
 
 Batches are class-balanced (``m`` images of each of ``batch_size / m`` classes, from
-pytorch-metric-learning's ``MPerClassSampler``) so that every batch holds positive pairs. Every
+pytorch-metric-learning's ``MPerClassSampler``) so that every batch holds positive pairs; the
+prototypical loss gets episodes instead (:mod:`kshot.embedder.episodic_sampler`). Every
 epoch reseeds from ``(seed, epoch)``, and the state after each epoch (weights, optimisers,
 schedules, best score) can be saved, so a run resumed from its state file continues exactly as
 if it had not stopped.
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pytorch_metric_learning.reducers import ClassWeightedReducer
 from pytorch_metric_learning.samplers import MPerClassSampler
 from pytorch_metric_learning.utils import common_functions
@@ -34,48 +36,33 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from kshot.embedder.augment import AugmentConfig, build_augment
 from kshot.embedder.distributed import Distributed
+from kshot.embedder.episodic_sampler import (
+    EpisodicBatchSampler,
+    episode_classes,
+    warn_about_small_classes,
+)
 from kshot.embedder.freezing import freeze_backbone, set_train_mode, trainable_parameters
 from kshot.embedder.inference import backbone_features
 from kshot.embedder.losses import build_loss
 from kshot.embedder.model import Embedder
 from kshot.embedder.optim import build_optimizer, build_schedule, step_schedule
+from kshot.embedder.recipe import TrainConfig
 from kshot.embedder.runtime import tune_allocator
 from kshot.embedder.trainset import AugmentedImages, ImageSet, with_rotation_classes
 from kshot.errors import KshotError
 
 log = logging.getLogger("kshot")
 
-# The validation score that picks the best epoch, stops early and drives ``plateau``.
-SCORE = "precision_at_1"
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    loss: str = "triplet"
-    # Laid over the loss's defaults (kshot.embedder.losses.LOSS_DEFAULTS), e.g. {"margin": 0.2}.
-    loss_options: dict = field(default_factory=dict)
-    epochs: int = 10  # stage 2: the backbone's last ``trainable_blocks`` blocks train
-    head_epochs: int = 0  # stage 1: the backbone frozen
-    trainable_blocks: int | None = None  # stage 2; None: every block
-    batch_size: int = 64
-    samples_per_class: int = 4
-    balanced_batches: bool = True  # False: shuffled batches, in the data's class frequencies
-    class_weights: bool = False  # weigh each image's loss by 1 / its class's frequency
-    optimizer: str = "adam"
-    lr: float = 1e-3  # stage 1, and the loss's own parameters throughout
-    finetune_lr: float | None = None  # stage 2; default: lr / 10 after a stage 1, else lr
-    weight_decay: float | None = None
-    schedule: str = "none"
-    patience: int | None = None  # stop a stage after this many epochs without a better score
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    augment_head: bool = False  # augment in stage 1 too (recomputing the frozen features)
-    rotation_classes: bool = False  # see kshot.embedder.trainset.with_rotation_classes
-    amp: bool = True  # float16 autocast on CUDA (ignored on the CPU)
-    precision: str = "fp32"  # "bf16": bfloat16 autocast on the CPU (see embedder/precision.py)
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+def selection_score(metrics: dict) -> float | None:
+    """What picks the best epoch, stops a stage early, drives ``plateau`` and chooses
+    ``--interpolate auto``'s weight: the held-out classes' few-shot accuracy (what a few-shot
+    embedder is for) when classes are held out, else the known classes' precision@1 (which
+    stays in the log either way)."""
+    for name in ("fewshot_accuracy", "precision_at_1"):
+        if name in metrics:
+            return metrics[name]
+    return None
 
 
 @dataclass(frozen=True)
@@ -128,6 +115,11 @@ class Observer:
     def step_done(self) -> None: ...
     def epoch_done(self, stats: EpochStats) -> None: ...
     def save_state(self, state: dict) -> None: ...
+    def close(self) -> None: ...
+
+    def notice(self, message: str) -> None:
+        """A line for the person training (what is trained on, what was written)."""
+        log.info(message)
 
 
 def seed_everything(seed: int) -> None:
@@ -139,16 +131,38 @@ def seed_everything(seed: int) -> None:
 
 class LossModel(nn.Module):
     """``(inputs, labels) -> loss``: the network, the miner and the loss as one module, so that
-    DistributedDataParallel sees every trained parameter (the loss's class weights too)."""
+    DistributedDataParallel sees every trained parameter (the loss's class weights too).
 
-    def __init__(self, net: nn.Module, loss: nn.Module, miner: nn.Module | None):
+    With an ``anchor`` (the frozen pretrained backbone, in eval mode) and a ``distill`` weight,
+    the loss adds ``distill * (1 - cosine)`` between the trained backbone's features and the
+    anchor's on the same images: a Learning-without-Forgetting-style penalty (Li and Hoiem
+    2016, on features rather than outputs) that keeps the features new classes rely on from
+    drifting far. Written by hand: pml's losses compare embeddings of one network only."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        miner: nn.Module | None,
+        anchor: nn.Module | None = None,
+        distill: float = 0.0,
+    ):
         super().__init__()
         self.net, self.loss, self.miner = net, loss, miner
+        self.anchor, self.distill = anchor, distill
 
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        embeddings = self.net(inputs)
+        if self.anchor is None:
+            embeddings, penalty = self.net(inputs), 0.0
+        else:
+            features = self.net.backbone(inputs)
+            embeddings = self.net.embed_features(features)
+            with torch.no_grad():
+                reference = self.anchor(inputs)
+            drift = 1 - F.cosine_similarity(features.float(), reference.float(), dim=1)
+            penalty = self.distill * drift.mean()
         pairs = self.miner(embeddings, labels) if self.miner is not None else None
-        return self.loss(embeddings, labels, pairs)
+        return self.loss(embeddings, labels, pairs) + penalty
 
 
 class _FromFeatures(nn.Module):
@@ -164,28 +178,17 @@ class _FromFeatures(nn.Module):
 
 class Stepper:
     """One optimisation step: forward, loss, backward, every optimiser (with a gradient scaler
-    under float16 autocast on CUDA; bfloat16 autocast on the CPU with ``precision="bf16"``, which
-    needs no scaler). ``benchmarks/train_step.py`` times it against a bare loop."""
+    under float16 autocast on CUDA). ``benchmarks/train_step.py`` times it against a bare loop."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizers: list,
-        device: torch.device,
-        amp: bool,
-        precision: str = "fp32",
-    ):
+    def __init__(self, model: nn.Module, optimizers: list, device: torch.device, amp: bool):
         self.model, self.optimizers, self.device = model, optimizers, device
         self.amp = amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
-        cpu_bf16 = precision == "bf16" and device.type == "cpu"
-        self.dtype = torch.float16 if self.amp else torch.bfloat16
-        self.autocast = self.amp or cpu_bf16
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         inputs = inputs.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast):
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             loss = self.model(inputs, labels)
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
@@ -204,10 +207,18 @@ def _class_codes(images: ImageSet, rotation_classes: bool) -> ImageSet:
 
 
 def _loader(dataset, labels: torch.Tensor, config: TrainConfig, world: Distributed) -> DataLoader:
-    """An epoch of about ``len(labels)`` images over all processes (at least one batch each)."""
+    """An epoch of about ``len(labels)`` images over all processes (at least one batch each):
+    episodes for ``protonet``, else class-balanced or shuffled batches."""
     classes = len(torch.unique(labels))
     m = config.samples_per_class
     per_rank = len(labels) // world.world_size
+    if config.loss == "protonet":
+        size = config.ways * (config.shots + config.queries)
+        seed = int(np.random.randint(2**31 - 1))  # drawn from the epoch's seed
+        episodes = EpisodicBatchSampler(
+            labels, config.ways, config.shots, config.queries, max(1, per_rank // size), seed
+        )
+        return DataLoader(dataset, batch_sampler=episodes)
     if config.balanced_batches:
         batch = max(m, min(config.batch_size, m * classes) // m * m)
         length = max(per_rank, batch)
@@ -256,8 +267,8 @@ def train_embedder(
     """Train ``embedder`` in place on ``images``; returns the history.
 
     ``validate(embedder) -> metrics`` runs after every epoch (on the main process); if its
-    metrics hold ``precision_at_1``, the embedder ends with the weights of the epoch that scored
-    best, and ``patience`` stops a stage that has stopped improving.
+    metrics hold a score (:func:`selection_score`), the embedder ends with the weights of the
+    epoch that scored best, and ``patience`` stops a stage that has stopped improving.
     """
     observer, world = observer or Observer(), world or Distributed()
     device = device or torch.device("cpu")
@@ -269,12 +280,20 @@ def train_embedder(
     extra = {}
     if config.class_weights:
         extra["reducer"] = ClassWeightedReducer(_class_weights(images.labels))
+    if config.loss == "protonet":
+        episode_classes(images.labels, config.ways, config.shots, config.queries)
+        warn_about_small_classes(images.labels, config.shots, config.queries)
+        extra["shots"] = config.shots
     loss_fn, miner = build_loss(
-        config.loss, classes, embedder.embedding_dim, **config.loss_options, **extra
+        config.loss, classes, embedder.embedding_dim, **{**config.loss_options, **extra}
     )
+    anchor = None
+    if config.feature_distillation > 0:  # the pretrained backbone, before any resumed state
+        anchor = copy.deepcopy(embedder.backbone).eval().requires_grad_(False).to(device)
     embedder.to(device)
     loss_fn.to(device)
     run = _Run(embedder, loss_fn, miner, images, config, observer, device, world, validate)
+    run.anchor = anchor
     if resume_from is not None:
         _check_resumable(resume_from, config, images)
         run.restore(resume_from)
@@ -306,6 +325,7 @@ class _Run:
         self.best_score = float("-inf")
         self.stage_index, self.stage_epoch, self.stale = 0, 0, 0
         self.saved_optimizers: dict | None = None
+        self.anchor: nn.Module | None = None  # see LossModel
 
     def restore(self, state: dict) -> None:
         self.embedder.load_state_dict(state["model"])
@@ -334,16 +354,16 @@ class _Run:
         """One for the embedder's trainable weights, one for the loss's own (the class weights
         of the angular losses; pytorch-metric-learning has them optimised separately)."""
         config, optimizers = self.config, []
-        params = trainable_parameters(self.embedder)
-        if params:
-            optimizers.append(
-                build_optimizer(config.optimizer, params, stage.lr, config.weight_decay)
-            )
-        loss_params = trainable_parameters(self.loss_fn)
-        if loss_params:
-            optimizers.append(
-                build_optimizer(config.optimizer, loss_params, config.lr, config.weight_decay)
-            )
+        for params, lr in (
+            (trainable_parameters(self.embedder), stage.lr),
+            (trainable_parameters(self.loss_fn), config.lr),
+        ):
+            if params:
+                optimizers.append(
+                    build_optimizer(
+                        config.optimizer, params, lr, config.weight_decay, config.lookahead
+                    )
+                )
         return optimizers
 
     def train_stage(self, index: int, stage: Stage) -> None:
@@ -357,7 +377,9 @@ class _Run:
         net, dataset = self._inputs(
             cached=stage.trainable_blocks == 0 and not augment, augment=augment
         )
-        model: nn.Module = LossModel(net, self.loss_fn, self.miner)
+        anchor = self.anchor if net is self.embedder and stage.trainable_blocks != 0 else None
+        distill = config.feature_distillation
+        model: nn.Module = LossModel(net, self.loss_fn, self.miner, anchor, distill)
         if world.enabled:
             ids = [self.device] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
@@ -370,7 +392,7 @@ class _Run:
             for schedule, state in zip(schedules, self.saved_optimizers["schedules"], strict=True):
                 if schedule is not None:
                     schedule.load_state_dict(state)
-        step = Stepper(model, optimizers, self.device, config.amp, config.precision)
+        step = Stepper(model, optimizers, self.device, config.amp)
         for stage_epoch in range(self.stage_epoch + 1, stage.epochs + 1):
             epoch = len(self.history) + 1
             seed_everything(_epoch_seed(config.seed, epoch, world.rank))
@@ -387,7 +409,8 @@ class _Run:
             lr = optimizers[0].param_groups[0]["lr"]
             # A stage that trains only the loss's class weights leaves the embedding as it was.
             metrics = self._validated() if trainable_parameters(self.embedder) else {}
-            score = metrics.get(SCORE, -loss)
+            score = selection_score(metrics)
+            score = -loss if score is None else score
             for schedule in schedules:
                 step_schedule(schedule, score)
             stats = EpochStats(stage.name, epoch, loss, seconds, lr, metrics)
@@ -411,11 +434,12 @@ class _Run:
         return self.world.share_from_main(metrics)
 
     def _keep_if_best(self, stats: EpochStats) -> None:
-        if SCORE not in stats.metrics:
+        score = selection_score(stats.metrics)
+        if score is None:
             return
-        if stats.metrics[SCORE] > self.best_score:
+        if score > self.best_score:
             self.best_score, self.best_epoch, self.best_metrics = (
-                stats.metrics[SCORE],
+                score,
                 stats.epoch,
                 dict(stats.metrics),
             )

@@ -16,9 +16,11 @@ Two questions, from two kinds of held-out data:
 from __future__ import annotations
 
 import numpy as np
+import torch
 import torch.nn.functional as F
+from torch import nn
 
-from kshot.embedder.inference import backbone_features, embed_pixels
+from kshot.embedder.inference import backbone_features
 from kshot.embedder.model import Embedder
 from kshot.embedder.trainset import ImageSet
 from kshot.fewshot.episodes import episode_accuracy, run_episodes
@@ -39,6 +41,8 @@ class TrainingValidation:
         self.references = references
         self.holdout = holdout if holdout is not None and len(holdout) else None
         self.episodes, self.seed = episodes, seed
+        self._fingerprint: tuple | None = None  # of the backbone whose features are kept
+        self._features: dict[int, torch.Tensor] = {}
         if self.holdout is not None:
             counts = np.bincount(self.holdout.labels.numpy())
             smallest = int(counts[counts > 0].min())
@@ -47,6 +51,14 @@ class TrainingValidation:
             self.queries = smallest - self.shots
             if self.ways < 2 or self.queries < 1:
                 self.holdout = None
+
+    @property
+    def standard_error(self) -> float:
+        """The held-out accuracy's standard error at most, ``0.5 / sqrt(n)`` for its ``n``
+        images: the episodes redraw support and queries from the same images, so these are its
+        independent samples. 225 images (5 classes of 45) give 3.3 points; telling recipes 2
+        points apart takes about 2,500 held-out images."""
+        return 0.5 / np.sqrt(len(self.holdout)) if self.holdout is not None else float("nan")
 
     @property
     def enabled(self) -> bool:
@@ -59,13 +71,33 @@ class TrainingValidation:
         if self.holdout is not None:
             parts.append(
                 f"{self.ways} held-out classes ({self.ways}-way {self.shots}-shot, "
-                f"{self.queries} queries per class, {self.episodes} episodes)"
+                f"{self.queries} queries per class, {self.episodes} episodes; "
+                f"standard error at most {self.standard_error:.1%})"
             )
         return " and ".join(parts) if parts else "nothing held out"
 
     def __call__(self, embedder: Embedder) -> dict:
-        """The scores of ``embedder`` as it embeds."""
-        return self._scores(lambda pixels: embed_pixels(embedder, pixels))
+        """The scores of ``embedder`` as it embeds.
+
+        While the backbone does not change (stage 1 trains a head on the frozen backbone), its
+        features of the validation images are kept from the call before and only the head
+        runs: a backbone pass over every held-out image each epoch would take longer than the
+        epoch itself. A change of any weight or batch-norm statistic of the backbone changes
+        the sums that tell."""
+        fingerprint = _fingerprint(embedder.backbone)
+        if fingerprint != self._fingerprint:
+            self._features, self._fingerprint = {}, fingerprint
+
+        def embed(pixels):
+            key = id(pixels)
+            if key not in self._features:
+                self._features[key] = backbone_features(embedder, pixels)
+            embedder.eval()
+            with torch.inference_mode():
+                vectors = embedder.embed_features(self._features[key].to(_device(embedder)))
+            return vectors.float().cpu().numpy()
+
+        return self._scores(embed)
 
     def untrained(self, embedder: Embedder) -> dict:
         """The scores of ``embedder``'s backbone features alone (no head): where the backbone
@@ -95,3 +127,13 @@ class TrainingValidation:
             )
             scores["fewshot_accuracy"] = result["mean_accuracy"]
         return scores
+
+
+def _fingerprint(module: nn.Module) -> tuple[float, ...]:
+    """The sum of each weight and buffer: what a training step changes changes these."""
+    with torch.no_grad():
+        return tuple(float(t.double().sum()) for t in module.state_dict().values())
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device

@@ -1,0 +1,81 @@
+"""The ``kshot distill`` command line; the work is in ``kshot.embedder.distill``. Registered on
+the app in ``app.py``; nothing here imports torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kshot.cli.options import Device
+
+
+def distill(
+    data: Annotated[
+        Path, typer.Argument(help="A folder of images, or of class sub-folders (labels unused).")
+    ],
+    teacher: Annotated[Path, typer.Option(help="The model file to learn from.")],
+    backbone: Annotated[str, typer.Option(help="The student's backbone (`kshot backbones`).")],
+    out: Annotated[Path, typer.Option(help="The student's model file to write.")],
+    image_size: Annotated[
+        int | None, typer.Option(help="The student's input side (default: its backbone's).")
+    ] = None,
+    pretrained: Annotated[
+        bool, typer.Option(help="The student starts from ImageNet weights.")
+    ] = True,
+    weights: Annotated[Path | None, typer.Option(help="Student backbone weights file.")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=2)] = 64,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    loss: Annotated[
+        str, typer.Option(help="cosine: 1 - cosine; mse: squared distance of the embeddings.")
+    ] = "cosine",
+    relational: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="Weight of matching the batch's pairwise similarities (0: off)."
+        ),
+    ] = 1.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Device = "auto",
+):
+    """Train a small student embedder to embed images as a teacher model does; the student is
+    an ordinary model file (`kshot init --model`)."""
+    from kshot.cli.console import say
+    from kshot.embedder.checkpoint import load_checkpoint, model_hash, save_checkpoint
+    from kshot.embedder.distill import (
+        DistillConfig,
+        build_student,
+        distill_info,
+        image_files,
+        load_images,
+    )
+    from kshot.embedder.distill import distill as run_distillation
+    from kshot.embedder.runtime import resolve_device
+
+    config = DistillConfig(epochs, batch_size, lr, loss, relational, seed)
+    teacher_model, _ = load_checkpoint(teacher)
+    student = build_student(teacher_model, backbone, image_size, pretrained, weights)
+    images = load_images(image_files(data), teacher_model, student)
+    say(
+        f"distilling {teacher} ({teacher_model.config.backbone}, {teacher_model.embedding_dim} "
+        f"dimensions) into {backbone} on {len(images.paths)} images"
+    )
+    result = run_distillation(
+        teacher_model,
+        student,
+        images,
+        config,
+        resolve_device(device),
+        on_epoch=lambda stats: say(
+            f"epoch {stats['epoch']}/{epochs}  loss {stats['loss']:.4f}  "
+            f"all images {stats['eval_loss']:.4f}  {stats['seconds']:.1f} s"
+        ),
+    )
+    info = distill_info(teacher, model_hash(teacher_model), data, config, result)
+    digest = save_checkpoint(student.cpu(), out, info)
+    say(
+        f"wrote {out} (model {digest[:12]}); loss {result.loss_before:.4f} before, "
+        f"{result.loss_after:.4f} after"
+    )

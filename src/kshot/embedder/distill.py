@@ -1,0 +1,218 @@
+"""Distillation: a small student embedder trained to embed images as a big teacher does.
+
+The student is an ordinary embedder (a backbone, and a linear head when its features and the
+teacher's embeddings differ in size), so its model file works wherever a trained one does. It
+learns from images alone, labelled or not: each image's teacher embedding is the target. The
+loss is ``1 - cosine`` (or the squared distance, ``mse``) between the two embeddings, plus
+``relational`` times the squared difference between the batch's pairwise cosine similarities
+as the student and as the teacher see them (relational knowledge distillation, Park et al.
+2019): what a few-shot library uses is how images relate, not where each one lies.
+
+Teacher and student each decode and preprocess the images their own way (size, channels,
+normalisation), so any pair works. The teacher embeds every image once, without augmentation,
+which is why the student sees the images as they are. Written by hand: neither
+pytorch-metric-learning nor timm has a feature-distillation loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kshot.embedder.images import class_folders, list_images
+from kshot.embedder.inference import embed_pixels, load_pixels
+from kshot.embedder.model import Embedder
+from kshot.embedder.training import seed_everything
+from kshot.errors import KshotError
+
+log = logging.getLogger("kshot")
+
+DISTILL_LOSSES = ("cosine", "mse")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    loss: str = "cosine"
+    relational: float = 1.0  # the weight of the relational term; 0: off
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.loss not in DISTILL_LOSSES:
+            raise KshotError(
+                f"unknown distillation loss {self.loss!r}; known: {', '.join(DISTILL_LOSSES)}"
+            )
+        if self.relational < 0:
+            raise KshotError(f"the relational weight must be at least 0, not {self.relational}")
+
+
+def build_student(
+    teacher: Embedder,
+    backbone: str,
+    image_size: int | None = None,
+    pretrained: bool = True,
+    weights: Path | None = None,
+) -> Embedder:
+    """An embedder on ``backbone`` (its own preprocessing, at ``image_size`` if given) whose
+    embeddings have the teacher's size: its features as they are when the sizes agree, else a
+    linear head onto the teacher's size."""
+    from kshot.embedder.backbones import get_backbone
+    from kshot.embedder.model import build_embedder
+    from kshot.embedder.recipe import TrainConfig
+    from kshot.embedder.run import embedder_config
+
+    config = embedder_config(TrainConfig(backbone=backbone, image_size=image_size))
+    features = get_backbone(backbone).feature_dim(config.preprocess)
+    if features != teacher.embedding_dim:
+        config = dataclasses.replace(config, embedding_dim=teacher.embedding_dim)
+    has_weights = pretrained and get_backbone(backbone).pretrained is not None
+    return build_embedder(config, pretrained=has_weights, weights_file=weights)
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, config: DistillConfig
+) -> torch.Tensor:
+    """The loss of unit-length ``student`` embeddings ``(n, D)`` against ``teacher``'s."""
+    if config.loss == "cosine":
+        loss = (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
+    else:
+        loss = ((student - teacher) ** 2).sum(1).mean()
+    if config.relational and len(student) > 1:
+        student_relations = student @ student.t()
+        teacher_relations = teacher @ teacher.t()
+        loss = loss + config.relational * F.mse_loss(student_relations, teacher_relations)
+    return loss
+
+
+def image_files(data: Path) -> list[Path]:
+    """The images directly in ``data`` and in its sub-folders (classes or not)."""
+    data = Path(data)
+    if not data.is_dir():
+        raise KshotError(f"{data}: no such directory")
+    files = list_images(data) + [path for _, images in class_folders(data) for path in images]
+    if not files:
+        raise KshotError(f"{data}: no images, in it or in its sub-folders")
+    return files
+
+
+@dataclass(frozen=True)
+class DistillImages:
+    """The same images decoded for the teacher and for the student."""
+
+    teacher: torch.Tensor  # uint8 crops, the teacher's size and channels
+    student: torch.Tensor  # uint8 crops, the student's
+    paths: list[Path]
+
+
+def load_images(files: list[Path], teacher: Embedder, student: Embedder) -> DistillImages:
+    """Decode ``files`` twice, once as each network expects; a file either cannot read is
+    reported and left out."""
+    teacher_pixels, teacher_kept, failed = load_pixels(teacher.config.preprocess, files)
+    student_pixels, student_kept, _ = load_pixels(student.config.preprocess, files)
+    for _, error in failed:
+        log.warning("skipping %s", error)
+    both = sorted(set(teacher_kept) & set(student_kept))
+    if len(both) < 2:
+        raise KshotError(f"distillation needs at least two readable images; {len(both)} are")
+    t_index = {i: n for n, i in enumerate(teacher_kept)}
+    s_index = {i: n for n, i in enumerate(student_kept)}
+    return DistillImages(
+        teacher_pixels[[t_index[i] for i in both]],
+        student_pixels[[s_index[i] for i in both]],
+        [files[i] for i in both],
+    )
+
+
+@dataclass
+class DistillResult:
+    loss_before: float  # the student's loss on every image, before training
+    loss_after: float  # and after, with the weights of the epoch that ended lowest
+    history: list[dict]  # per epoch: epoch, loss (the mean over its batches), seconds
+
+
+def student_loss(
+    student: Embedder, pixels: torch.Tensor, targets: torch.Tensor, config: DistillConfig
+) -> float:
+    """The loss over all images at once, the student in eval mode."""
+    vectors = torch.from_numpy(embed_pixels(student, pixels))
+    return float(distillation_loss(vectors, targets, config))
+
+
+def distill(
+    teacher: Embedder,
+    student: Embedder,
+    images: DistillImages,
+    config: DistillConfig,
+    device: torch.device | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> DistillResult:
+    """Train ``student`` in place to embed ``images`` as ``teacher`` does."""
+    device = device or torch.device("cpu")
+    if student.embedding_dim != teacher.embedding_dim:
+        raise KshotError(
+            f"the student embeds in {student.embedding_dim} dimensions and the teacher in "
+            f"{teacher.embedding_dim}: give the student a head of {teacher.embedding_dim}"
+        )
+    teacher.to(device)
+    student.to(device)
+    targets = torch.from_numpy(embed_pixels(teacher, images.teacher))
+    before = student_loss(student, images.student, targets, config)
+    optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)
+    normalize = student.config.preprocess.normalize
+    history, best = [], (before, copy.deepcopy(student.state_dict()))
+    for epoch in range(1, config.epochs + 1):
+        seed_everything(config.seed + epoch)
+        student.train()
+        start, losses = time.perf_counter(), []
+        order = torch.randperm(len(targets))
+        batch = max(2, min(config.batch_size, len(order)))
+        for begin in range(0, len(order) - batch + 1, batch):
+            chosen = order[begin : begin + batch]
+            inputs = normalize(images.student[chosen]).to(device)
+            loss = distillation_loss(student(inputs), targets[chosen].to(device), config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        stats = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "seconds": time.perf_counter() - start,
+        }
+        stats["eval_loss"] = student_loss(student, images.student, targets, config)
+        history.append(stats)
+        if stats["eval_loss"] < best[0]:
+            best = (stats["eval_loss"], copy.deepcopy(student.state_dict()))
+        if on_epoch is not None:
+            on_epoch(stats)
+    student.load_state_dict(best[1])
+    student.eval()
+    return DistillResult(before, best[0], history)
+
+
+def distill_info(
+    teacher_file: Path, teacher_hash: str, data: Path, config: DistillConfig, result
+) -> dict:
+    """What the student's model file says about how it was made."""
+    return {
+        "trained": True,
+        "distilled": True,
+        "teacher": str(Path(teacher_file).resolve()),
+        "teacher_model": teacher_hash,
+        "data": str(Path(data).resolve()),
+        "distill": dataclasses.asdict(config),
+        "loss_before": result.loss_before,
+        "loss_after": result.loss_after,
+        "history": result.history,
+    }

@@ -1,0 +1,39 @@
+"""``kshot distill``: a student model file that a library uses like any other."""
+
+from kshot.embedder.checkpoint import load_checkpoint, model_hash
+
+
+def test_a_distilled_student_serves_a_library(kshot, tmp_path, images):
+    teacher = tmp_path / "teacher.kshot"
+    kshot(
+        "train", tmp_path / "images", "--out", teacher, "--backbone", "conv4",
+        "--head-epochs", "0", "--epochs", "2", "--batch-size", "12", "--embedding-dim", "16",
+    )  # fmt: skip
+    student = tmp_path / "student.kshot"
+    output = kshot(
+        "distill", tmp_path / "images", "--teacher", teacher, "--backbone", "conv4",
+        "--image-size", "32", "--out", student, "--epochs", "3", "--batch-size", "4",
+    ).output  # fmt: skip
+    assert "distilling" in output and "into conv4 on 12 images" in output
+    assert "epoch 3/3" in output and f"wrote {student}" in output
+    (learnt, info), (taught, _) = load_checkpoint(student), load_checkpoint(teacher)
+    assert info["distilled"] and info["teacher_model"] == model_hash(taught)
+    assert info["loss_after"] <= info["loss_before"]
+    # its own preprocessing (32 pixels), the teacher's embedding size (16)
+    assert learnt.config.preprocess.input_size == 32 != taught.config.preprocess.input_size
+    assert learnt.embedding_dim == 16
+    kshot("init", tmp_path / "lib", "--model", student)
+    kshot("enroll", tmp_path / "lib", tmp_path / "images")
+    (row,) = kshot.json("query", tmp_path / "lib", images["blob"][0], "--method", "knn")
+    assert row["label"] == "blob"
+
+
+def test_a_teacher_that_is_not_a_model_file_is_a_clear_error(kshot, tmp_path, images):
+    fake = tmp_path / "teacher.kshot"
+    fake.write_text("not a model")
+    output = kshot(
+        "distill", tmp_path / "images", "--teacher", fake, "--backbone", "conv4",
+        "--out", tmp_path / "s.kshot", code=1,
+    ).output  # fmt: skip
+    assert "kshot: error:" in output and str(fake) in output
+    assert not (tmp_path / "s.kshot").exists()

@@ -1,0 +1,76 @@
+"""Distillation: the loss, a student that embeds as its teacher, and preprocessing of its own."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kshot.embedder.distill import (
+    DistillConfig,
+    DistillImages,
+    build_student,
+    distill,
+    distillation_loss,
+)
+from kshot.embedder.model import EmbedderConfig, build_embedder
+from kshot.embedder.preprocess import PreprocessConfig
+from kshot.errors import KshotError
+from tests.embedder.test_training import tiny_embedder, tiny_images
+
+
+def test_the_loss_is_zero_for_the_teachers_own_embeddings_and_grows_with_the_gap():
+    teacher = F.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    other = F.normalize(teacher + 0.5 * torch.randn(6, 4), dim=1)
+    for config in (DistillConfig(), DistillConfig(loss="mse", relational=0.0)):
+        assert distillation_loss(teacher, teacher, config).item() == pytest.approx(0, abs=1e-6)
+        assert distillation_loss(other, teacher, config).item() > 0.01
+    cosine = (1 - F.cosine_similarity(other, teacher)).mean()
+    relations = F.mse_loss(other @ other.t(), teacher @ teacher.t())
+    both = distillation_loss(other, teacher, DistillConfig(relational=2.0))
+    assert both.item() == pytest.approx((cosine + 2 * relations).item(), rel=1e-5)
+
+
+def test_a_bad_setting_is_refused():
+    with pytest.raises(KshotError, match="unknown distillation loss 'l1'"):
+        DistillConfig(loss="l1")
+    with pytest.raises(KshotError, match="at least 0"):
+        DistillConfig(relational=-1)
+
+
+def colour_student(size: int = 32):
+    """A conv4 on 3-channel ``size``-pixel crops with a head onto the tiny teacher's 8."""
+    preprocess = PreprocessConfig(size, size, (0.5,) * 3, (0.5,) * 3, channels=3)
+    torch.manual_seed(1)
+    return build_embedder(EmbedderConfig("conv4", preprocess, embedding_dim=8), pretrained=False)
+
+
+def test_distillation_lowers_the_students_loss_with_inputs_of_its_own():
+    """The teacher reads 16-pixel grey crops, the student 32-pixel colour ones of the same
+    images: each gets its own, or the networks would not even run."""
+    teacher, images = tiny_embedder(), tiny_images()
+    student = colour_student()
+    grey = images.pixels
+    colour = F.interpolate(grey.float(), size=32).round().to(torch.uint8).repeat(1, 3, 1, 1)
+    pair = DistillImages(grey, colour, paths=[])
+    result = distill(teacher, student, pair, DistillConfig(epochs=6, batch_size=8, lr=3e-3))
+    assert len(result.history) == 6
+    assert result.loss_after < 0.7 * result.loss_before, result
+
+
+def test_a_student_of_another_size_is_refused():
+    teacher = tiny_embedder()  # 8 dimensions
+    student = build_embedder(
+        EmbedderConfig("conv4", PreprocessConfig(16, 16, (0.5,), (0.5,), channels=1)),
+        pretrained=False,
+    )
+    pair = DistillImages(tiny_images().pixels, tiny_images().pixels, paths=[])
+    with pytest.raises(KshotError, match="give the student a head of 8"):
+        distill(teacher, student, pair, DistillConfig(epochs=1))
+
+
+def test_the_student_gets_a_head_only_where_the_sizes_differ():
+    teacher = tiny_embedder()  # 8 dimensions
+    student = build_student(teacher, "conv4", image_size=32, pretrained=False)
+    assert student.config.embedding_dim == 8 and student.config.preprocess.input_size == 32
+    wide = tiny_embedder(embedding_dim=None)  # conv4's 64 features at 16 pixels
+    same = build_student(wide, "conv4", image_size=16, pretrained=False)
+    assert same.config.embedding_dim is None and same.embedding_dim == 64
