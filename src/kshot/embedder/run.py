@@ -23,6 +23,7 @@ from kshot.embedder.distributed import Distributed, start_from_env, stop
 from kshot.embedder.ensemble import is_ensemble, normalization_error
 from kshot.embedder.interpolation import apply_interpolation
 from kshot.embedder.model import EmbedderConfig, build_embedder
+from kshot.embedder.precision import check_precision
 from kshot.embedder.preprocess import IMAGENET_MEAN, IMAGENET_STD, dataset_mean_std
 from kshot.embedder.recipe import TrainConfig
 from kshot.embedder.training import Observer, seed_everything, train_embedder
@@ -106,6 +107,8 @@ def train_from_folder(
     """
     config = config or TrainConfig()
     world, torch_device = start_from_env(device)
+    if config.precision == "bf16" and torch_device.type == "cpu":
+        check_precision("bf16", torch_device)  # a clear error where the CPU has no bf16
     try:
         digest = _Run(Path(data), Path(out), config, files or RunFiles(), world).train(
             torch_device, resume, console
