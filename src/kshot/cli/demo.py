@@ -47,6 +47,7 @@ def _kshot() -> str:
 
 def run_demo(workdir: Path | None, epochs: int, seed: int = 0) -> float:
     """Run the demo in ``workdir`` (a new temporary folder if None); returns the accuracy."""
+    from kshot.cli.training_observer import TrainingConsole
     from kshot.embedder.checkpoint import load_checkpoint
     from kshot.embedder.images import class_folders
     from kshot.embedder.recipe import TrainConfig
@@ -77,7 +78,12 @@ def run_demo(workdir: Path | None, epochs: int, seed: int = 0) -> float:
         schedule="none",
         seed=seed,
     )
-    train_from_folder(data / "train", model, recipe)
+    train_from_folder(
+        data / "train",
+        model,
+        recipe,
+        console=lambda epochs, state: TrainingConsole(epochs, state, None),
+    )
 
     say(f"3. enrolling the digits it never saw, {SHOTS} images each, into {library}")
     embedder, info = load_checkpoint(model)
