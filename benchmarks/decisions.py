@@ -96,8 +96,9 @@ def open_set(vectors, labels, known, unknown, settings, seed) -> dict:
     support, query = draw(labels, known, 5, seed)
     unknown_queries = np.flatnonzero(np.isin(labels, unknown))
     decider = Decider.fit(settings, vectors[support], labels[support])
-    k = decider.confidences(decider.scores(vectors[query])).max(axis=1)
-    u = decider.confidences(decider.scores(vectors[unknown_queries])).max(axis=1)
+    k = decider.confidences(decider.scores(vectors[query]), vectors[query]).max(axis=1)
+    unknown = vectors[unknown_queries]
+    u = decider.confidences(decider.scores(unknown), unknown).max(axis=1)
     threshold = decider.calibration.threshold
     return {
         "auroc": known_unknown_auroc(k, u),

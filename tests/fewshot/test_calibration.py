@@ -19,7 +19,8 @@ def _unit(rows):
 def test_out_of_fold_scores_never_see_the_image_they_score():
     vectors = _unit([[1, 0, 0], [1, 0.2, 0], [0, 1, 0], [0, 1, 0.3], [0, 0, 1]])
     labels = ["a", "a", "b", "b", "c"]
-    scores, truth, classes = out_of_fold_scores(PrototypeRule, vectors, labels)
+    scores, truth, classes, sims = out_of_fold_scores(PrototypeRule, vectors, labels)
+    assert np.allclose(sims, scores)  # for prototypes, the similarities are the scores
     assert classes == ["a", "b", "c"]
     assert len(truth) == 4  # c has one image: never held out (its class must keep one)
     for row, code in zip(scores, truth, strict=True):
@@ -33,7 +34,7 @@ def test_folds_hold_out_at_most_five_images_per_class():
     rng = np.random.default_rng(0)
     vectors = _unit(rng.normal(size=(24, 4)))
     labels = ["a"] * 20 + ["b"] * 4
-    _, truth, _ = out_of_fold_scores(PrototypeRule, vectors, labels)
+    _, truth, _, _ = out_of_fold_scores(PrototypeRule, vectors, labels)
     assert np.bincount(truth).tolist() == [5, 4]
 
 
@@ -66,8 +67,8 @@ def test_fit_open_set_puts_the_background_between_known_and_stand_in_scores():
     truth = rng.integers(0, 3, 300)
     scores = rng.uniform(0.0, 0.4, (300, 3))
     scores[np.arange(300), truth] = rng.uniform(0.6, 1.0, 300)  # own class scores high
-    scale, background = fit_open_set(scores, truth)
-    assert 0.4 < background < 0.6 and scale > 10
+    scale, background, slope = fit_open_set(scores, truth)
+    assert 0.4 < background < 0.6 and scale > 10 and slope == 0.0
 
 
 def test_separated_classes_get_a_threshold_that_keeps_them():
@@ -91,3 +92,20 @@ def test_separated_classes_get_a_threshold_that_keeps_them():
 def test_no_threshold_when_the_enrolled_images_cannot_tell(labels, why):
     vectors = _unit(np.random.default_rng(1).normal(size=(3, 4)))
     assert calibrate(PrototypeRule, vectors, labels).threshold is None, why
+
+
+def test_the_background_rises_for_queries_near_no_class():
+    # Logits that do not tell the stand-ins apart (the own class always wins by 2), but
+    # similarities that do: held-out images sit near their class, stand-ins near none.
+    rng = np.random.default_rng(0)
+    m = 400
+    truth = rng.integers(0, 3, m)
+    scores = rng.normal(0, 0.1, (m, 3))
+    scores[np.arange(m), truth] += 2.0
+    near_known = rng.uniform(0.8, 0.9, m)
+    near_unknown = rng.uniform(0.3, 0.4, m)
+    scale, background, slope = fit_open_set(scores, truth, (near_known, near_unknown))
+    assert slope > 0
+    far = softmax(scores[:1] - 2.0, scale, background - slope * 0.35)
+    near = softmax(scores[:1], scale, background - slope * 0.85)
+    assert far.sum() < 0.5 < near.sum()

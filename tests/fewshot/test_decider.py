@@ -33,7 +33,7 @@ def test_save_and_load_give_the_same_answers(tmp_path, method):
 def test_confidences_are_probabilities_that_favour_the_right_class():
     vectors, labels = _library()
     decider = Decider.fit(DecisionSettings("prototype"), vectors, labels)
-    confidences = decider.confidences(decider.scores(vectors))
+    confidences = decider.confidences(decider.scores(vectors), vectors)
     assert np.allclose(confidences.sum(axis=1), 1.0)
     assert np.mean(np.array(decider.classes)[confidences.argmax(axis=1)] == labels) == 1.0
 

@@ -26,20 +26,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from kshot.fewshot.openset import open_set_curve
-from kshot.fewshot.rules.base import DecisionRule
+from kshot.fewshot.rules.base import DecisionRule, class_means
 
 DEFAULT_SCALE = 1.0
 MAX_FOLDS = 5
 MAX_HELD_OUT = 2000  # images scored out of fold at most: enough to fit two numbers and a threshold
 
 
-def softmax(scores: np.ndarray, scale: float, background: float | None = None) -> np.ndarray:
-    """Row-wise softmax of ``scale * scores (Q, C)``; with a ``background`` score, one more
-    column competes (the query shows none of the classes) and is left out of the result, so the
-    rows sum to the probability that the query shows one of the classes."""
+def softmax(
+    scores: np.ndarray, scale: float, background: float | np.ndarray | None = None
+) -> np.ndarray:
+    """Row-wise softmax of ``scale * scores (Q, C)``; with a ``background`` score (one, or one
+    per row), one more column competes (the query shows none of the classes) and is left out of
+    the result, so the rows sum to the probability that the query shows one of the classes."""
     z = scale * np.asarray(scores, dtype=np.float64)
     if background is not None:
-        z = np.concatenate([z, np.full((len(z), 1), scale * background)], axis=1)
+        column = np.broadcast_to(np.asarray(background, dtype=np.float64), (len(z),))
+        z = np.concatenate([z, scale * column[:, None]], axis=1)
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     p = e / e.sum(axis=1, keepdims=True)
@@ -52,11 +55,13 @@ def out_of_fold_scores(
     labels: Sequence[str],
     folds: int = MAX_FOLDS,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(scores (M, C), codes (M,), classes)``: each of M held-out images scored by a rule fitted
-    without it. Only images of classes with two or more images are held out (a class must keep
-    one), at most ``folds`` per class and ``MAX_HELD_OUT`` in all, so every fold's rule knows
-    every class."""
+    near_vectors: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """``(scores (M, C), codes (M,), classes, similarities (M, C))``: each of M held-out images
+    scored by a rule fitted without it, and its cosine similarity to each class's prototype
+    without it (of ``near_vectors``, the same images uncentred, if given). Only images of
+    classes with two or more images are held out (a class must keep one), at most ``folds`` per
+    class and ``MAX_HELD_OUT`` in all, so every fold's rule knows every class."""
     labels = np.asarray(labels, dtype=str)
     classes, codes = np.unique(labels, return_inverse=True)
     rng = np.random.default_rng(seed)
@@ -69,15 +74,18 @@ def out_of_fold_scores(
     held = np.flatnonzero(fold_of >= 0)
     if len(held) > MAX_HELD_OUT:  # a library of thousands of classes: a sample of them
         fold_of[rng.choice(held, size=len(held) - MAX_HELD_OUT, replace=False)] = -1
-    rows, truth = [], []
+    rows, truth, sims = [], [], []
     for fold in range(int(fold_of.max()) + 1):
         out = fold_of == fold
         rule = make_rule().fit(vectors[~out], labels[~out])
         rows.append(rule.scores(vectors[out]))
         truth.append(codes[out])
+        near = vectors if near_vectors is None else near_vectors
+        sims.append(near[out] @ class_means(near[~out], codes[~out], len(classes)).T)
     if not rows:
-        return np.zeros((0, len(classes))), np.zeros(0, dtype=np.intp), classes.tolist()
-    return np.concatenate(rows), np.concatenate(truth), classes.tolist()
+        empty = np.zeros((0, len(classes)))
+        return empty, np.zeros(0, dtype=np.intp), classes.tolist(), empty
+    return np.concatenate(rows), np.concatenate(truth), classes.tolist(), np.concatenate(sims)
 
 
 def fit_scale(scores: np.ndarray, truth: np.ndarray) -> float:
@@ -95,28 +103,47 @@ def fit_scale(scores: np.ndarray, truth: np.ndarray) -> float:
     return float(np.exp(found.x))
 
 
-def fit_open_set(scores: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """``(scale, background)`` maximising the likelihood of two kinds of rows: each held-out
-    image with every class (its answer: its class) and with its own class removed, standing in
-    for a photo of a class the library lacks (its answer: the background)."""
+def fit_open_set(
+    scores: np.ndarray, truth: np.ndarray, nearest: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[float, float, float]:
+    """``(scale, background, slope)`` maximising the likelihood of two kinds of rows: each
+    held-out image with every class (its answer: its class) and with its own class removed,
+    standing in for a photo of a class the library lacks (its answer: the background).
+
+    The background score of a row is ``background - slope * nearest``: ``nearest`` holds each
+    row's highest cosine similarity to a class prototype, with every class and without its own
+    (None: a constant background). A rule whose scores keep growing away from the enrolled
+    photos (a linear classifier's logits) thus still sees "none of these" win for a photo close
+    to no class at all."""
     from scipy.optimize import minimize
 
     m, c = scores.shape
     rows = np.arange(m)
     own_removed = scores.astype(np.float64).copy()
     own_removed[rows, truth] = -np.inf
+    near_known, near_unknown = nearest if nearest is not None else (np.zeros(m), np.zeros(m))
 
     def nll(params: np.ndarray) -> float:
         scale, background = np.exp(params[0]), params[1]
-        known = np.concatenate([scores, np.full((m, 1), background)], axis=1) * scale
-        unknown = np.concatenate([own_removed, np.full((m, 1), background)], axis=1) * scale
+        slope = params[2] if nearest is not None else 0.0
+        known = np.concatenate([scores, (background - slope * near_known)[:, None]], axis=1)
+        unknown = np.concatenate(
+            [own_removed, (background - slope * near_unknown)[:, None]], axis=1
+        )
         return -float(
-            np.mean(_log_softmax(known)[rows, truth]) + np.mean(_log_softmax(unknown)[:, c])
+            np.mean(_log_softmax(scale * known)[rows, truth])
+            + np.mean(_log_softmax(scale * unknown)[:, c])
         )
 
-    start = np.array([np.log(fit_scale(scores, truth)), float(np.median(scores.max(axis=1)))])
-    found = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-6})
-    return float(np.exp(found.x[0])), float(found.x[1])
+    start = [np.log(fit_scale(scores, truth)), float(np.median(scores.max(axis=1))), 0.0]
+    found = minimize(
+        nll,
+        np.array(start),
+        method="Nelder-Mead",
+        options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 2000},
+    )
+    slope = float(found.x[2]) if nearest is not None else 0.0
+    return float(np.exp(found.x[0])), float(found.x[1]), slope
 
 
 def _midway(threshold: float, observed: np.ndarray) -> float:
@@ -142,34 +169,50 @@ class Calibration:
 
     scale: float = DEFAULT_SCALE
     background: float | None = None
+    slope: float = 0.0  # the background falls by this much per unit of nearest similarity
     threshold: float | None = None
     known_rejected: float | None = None
     unknown_accepted: float | None = None
     images: int = 0
 
-    def confidences(self, scores: np.ndarray) -> np.ndarray:
-        """``(Q, C)`` probabilities of each class from a rule's scores."""
-        return softmax(scores, self.scale, self.background)
+    def confidences(self, scores: np.ndarray, nearest: np.ndarray | None = None) -> np.ndarray:
+        """``(Q, C)`` probabilities of each class from a rule's scores and each query's highest
+        cosine similarity to a class prototype, ``nearest (Q,)``."""
+        background = self.background
+        if background is not None and nearest is not None:
+            background = background - self.slope * np.asarray(nearest, dtype=np.float64)
+        return softmax(scores, self.scale, background)
 
 
 def calibrate(
-    make_rule: Callable[[], DecisionRule], vectors: np.ndarray, labels: Sequence[str]
+    make_rule: Callable[[], DecisionRule],
+    vectors: np.ndarray,
+    labels: Sequence[str],
+    near_vectors: np.ndarray | None = None,
 ) -> Calibration:
     """Fit the confidence (temperature and background) and the unknown threshold on the
-    enrolled images."""
-    scores, truth, classes = out_of_fold_scores(make_rule, vectors, labels)
+    enrolled images ``vectors`` as the rule sees them; ``near_vectors``: the same images as
+    enrolled (uncentred), whose similarity to the nearest prototype drives the background."""
+    scores, truth, classes, sims = out_of_fold_scores(
+        make_rule, vectors, labels, near_vectors=near_vectors
+    )
     if len(classes) < 2 or len(truth) == 0:
         return Calibration()
-    scale, background = fit_open_set(scores, truth)
-    known = softmax(scores, scale, background)
+    rows = np.arange(len(truth))
+    others = sims.copy()
+    others[rows, truth] = -np.inf
+    nearest = (sims.max(axis=1), others.max(axis=1))
+    scale, background, slope = fit_open_set(scores, truth, nearest)
+    known = softmax(scores, scale, background - slope * nearest[0])
     own_removed = scores.copy()
-    own_removed[np.arange(len(truth)), truth] = -np.inf
-    unknown_best = softmax(own_removed, scale, background).max(axis=1)
+    own_removed[rows, truth] = -np.inf
+    unknown_best = softmax(own_removed, scale, background - slope * nearest[1]).max(axis=1)
     known_best, known_correct = known.max(axis=1), known.argmax(axis=1) == truth
     balanced = open_set_curve(known_best, known_correct, unknown_best)["balanced"]
     return Calibration(
         scale=scale,
         background=background,
+        slope=slope,
         threshold=_midway(balanced["threshold"], np.concatenate([known_best, unknown_best])),
         known_rejected=balanced["known_rejected"],
         unknown_accepted=1.0 - balanced["unknown_rejected"],

@@ -513,7 +513,7 @@ class Library(LibraryStore):
                 scores = self._knn_scores(decider, vectors)
             else:
                 scores = decider.scores(vectors)
-        return decider, decider.confidences(scores)
+        return decider, decider.confidences(scores, vectors)
 
     def _knn_scores(self, decider: Decider, vectors: np.ndarray) -> np.ndarray:
         """kNN through the library's index, which holds every enrolled image."""
