@@ -82,14 +82,18 @@ def test_query_knn_finds_an_enrolled_image_itself(kshot, enrolled, images):
     assert row["label"] == "blob" and row["score"] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_threshold_answers_unknown_but_keeps_the_ranking(kshot, enrolled, images):
-    (row,) = kshot.json("query", enrolled, images["bars"][3], "--threshold", "0")
-    assert row["label"] == "bars" and row["score"] == row["top_k"][0]["score"]
-    threshold = str(row["score"] + 1e-6)
-    if row["score"] < 1.0:
-        (row,) = kshot.json("query", enrolled, images["bars"][3], "--threshold", threshold)
-        assert row["label"] == "unknown"
-        assert row["top_k"][0]["label"] == "bars" and row["score"] == row["top_k"][0]["score"]
+def test_threshold_answers_unknown_but_keeps_the_ranking(kshot, enrolled, images, tmp_path):
+    from PIL import Image
+
+    stranger = tmp_path / "grey.png"  # a flat grey square: like none of the three classes
+    Image.new("L", (32, 32), 128).save(stranger)
+    args = ("query", enrolled, stranger, "--method", "prototype", "--threshold")
+    (answered,) = kshot.json(*args, "0")
+    assert answered["label"] != "unknown" and answered["score"] < 0.9
+    (refused,) = kshot.json(*args, str(answered["score"] + 0.05))
+    assert refused["label"] == "unknown"
+    assert refused["top_k"] == answered["top_k"]  # the ranking is kept
+    assert refused["score"] == refused["top_k"][0]["score"]
     result = kshot("query", enrolled, images["bars"][3], "--threshold", "1.01", code=1)
     assert "outside the confidence range" in result.output
 
