@@ -265,7 +265,13 @@ def test_health_metrics_docs_and_page(client):
     assert 'kshot_library_images{library="leaves"} 9.0' in metrics
     assert "kshot_batch_images_count" in metrics and "kshot_queue_images" in metrics
     assert "/v1/libraries/{name}/query" in client.get("/openapi.json").json()["paths"]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "https://" not in docs.text  # no CDN: often offline
+    redoc = client.get("/redoc")
+    assert redoc.status_code == 200 and "https://" not in redoc.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs-assets/{asset}" in docs.text
+        assert len(client.get(f"/docs-assets/{asset}").content) > 10_000
     page = client.get("/")
     assert page.headers["content-type"].startswith("text/html") and "kshot" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # nothing from elsewhere
@@ -347,3 +353,11 @@ def test_a_request_over_the_time_limit_is_answered_503(library, make_client, mon
     assert response.status_code == 503 and response.json()["error"]["code"] == "timeout"
     assert "0.3 s" in response.json()["error"]["message"]
     assert client.get("/livez").status_code == 200
+
+
+def test_decoding_threads_prepare_tensors_on_one_thread(client):
+    """The forward pass's OpenMP team must stay the only one (embedder/runtime.py)."""
+    import torch
+
+    decoding = client.app.state.decoding
+    assert decoding.submit(torch.get_num_threads).result() == 1

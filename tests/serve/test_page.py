@@ -141,3 +141,14 @@ def test_unknown_is_said_plainly(http_server, browser, tmp_path):
     label = _wait(driver, lambda d: d.find_elements("id", "answer-label"))[0]
     assert label.text == "Unknown: no class is similar enough"
     assert "unknown" in label.get_attribute("class")
+
+
+def test_the_api_documentation_renders_offline(http_server, browser):
+    driver = browser
+    driver.get(http_server.url + "/docs")
+    # Swagger UI built the page from the installed files and the API's own OpenAPI document
+    _wait(driver, lambda d: "/v1/libraries/{name}/query" in d.find_element("tag name", "body").text)
+    sources = driver.execute_script(
+        "return [...document.querySelectorAll('script[src], link[href]')].map(e => e.src || e.href)"
+    )
+    assert sources and all(s.startswith(http_server.url) for s in sources), sources

@@ -63,6 +63,7 @@ def serve(
     import uvicorn
 
     from kshot.serve.app import create_app
+    from kshot.serve.limits import raise_open_file_limit
     from kshot.serve.settings import Batching, Limits, Settings
 
     settings = Settings(
@@ -90,6 +91,10 @@ def serve(
     say(f"kshot: serving {names} at {where} (page: {where}/, API: {where}/docs)")
     if not keys.enabled:
         say("kshot: no API key set: open to anyone on this machine, listening on loopback only")
+    concurrency = max(4096, 2 * max_requests)
+    files = raise_open_file_limit(concurrency + 256)
+    if files < concurrency:
+        say(f"kshot: at most {files} open files: beyond about that many connections are refused")
     uvicorn.run(
         app,
         host=host,
@@ -97,6 +102,6 @@ def serve(
         log_config=None,
         access_log=False,
         # uvicorn counts open connections too, and answers in plain text: only a backstop here
-        limit_concurrency=max(4096, 2 * max_requests),
+        limit_concurrency=concurrency,
         timeout_keep_alive=5,
     )

@@ -11,8 +11,10 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kshot.embedder.runtime import one_thread_for_tensors, tune_allocator
 from kshot.errors import KshotError
 from kshot.serve.access_log import AccessLog
 from kshot.serve.errors import ApiError, install_error_handlers
@@ -23,9 +25,11 @@ from kshot.serve.routes import router
 from kshot.serve.settings import Settings
 
 log = logging.getLogger("kshot")
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's files
 
 
 def create_app(settings: Settings) -> FastAPI:
+    tune_allocator()  # every forward pass would page-fault its activations in again
     metrics = Metrics()
     served = [ServedLibrary(root, settings, metrics) for root in settings.libraries]
     libraries = {s.name: s for s in served}
@@ -49,18 +53,24 @@ def create_app(settings: Settings) -> FastAPI:
             await library.close()
         app.state.decoding.shutdown(wait=False)
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="kshot",
         summary="Few-shot image classification: enroll a class from a few photos, query photos.",
         version="1",
         lifespan=lifespan,
+        # /docs and /redoc with their scripts served from the installed package: FastAPI's own
+        # pages load them from a CDN, and the machines that run kshot are often offline
+        static_url=DOCS_ASSETS,
     )
     app.state.settings = settings
     app.state.libraries = libraries
     app.state.metrics = metrics
     # Decoding uploads: as many threads as cores (not anyio's 40): more could not decode any
-    # faster, and would take turns at the GIL with the forward pass's own Python code.
-    app.state.decoding = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="kshot-decode")
+    # faster, and would take turns at the GIL with the forward pass's own Python code. Each
+    # prepares tensors on one thread, so the forward pass's OpenMP team stays the only one.
+    app.state.decoding = ThreadPoolExecutor(
+        os.cpu_count() or 1, thread_name_prefix="kshot-decode", initializer=one_thread_for_tensors
+    )
     install_error_handlers(app)
     app.include_router(router)
     limits = settings.limits

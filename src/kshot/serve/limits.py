@@ -80,3 +80,18 @@ class RequestLimits:
         message = f"the request body is over the limit of {self.max_bytes:,} bytes"
         response = error_response(413, "request_too_large", message, {"Connection": "close"})
         await response(scope, receive, send)
+
+
+def raise_open_file_limit(wanted: int) -> int:
+    """Raise this process's soft limit on open files towards ``wanted`` (never past the hard
+    limit); returns the limit now in force. Each connection holds a file descriptor, and many
+    systems start processes with a soft limit of 1,024: a burst of 1,000 connections would fail
+    to be accepted rather than be answered or refused."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft

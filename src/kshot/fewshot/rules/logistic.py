@@ -6,6 +6,7 @@ import logging
 import warnings
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from kshot.fewshot.rules.base import DecisionRule, class_means
 
@@ -54,8 +55,9 @@ class LogisticRule(DecisionRule):
         if self._start is not None and self._start[0] == self.classes:
             model.set_params(warm_start=True)
             model.coef_, model.intercept_ = self._start[1].copy(), self._start[2].copy()
-        with warnings.catch_warnings():  # "more classes than half the samples": one shot each
-            warnings.simplefilter("ignore", UserWarning)
+        # One BLAS thread (see Decider.fit), set again now that sklearn's own BLAS is loaded
+        with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
+            warnings.simplefilter("ignore", UserWarning)  # "more classes than half the samples"
             model.fit(vectors, codes)
         self._coef, self._intercept = model.coef_, model.intercept_
         weights, bias = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
