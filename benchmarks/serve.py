@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         "(default: torch's own); 1 keeps a shared machine's timings steady",
     )
     parser.add_argument("--max-batch", type=int, help="the server's --max-batch")
+    parser.add_argument(
+        "--backbone", default=BACKBONE, help=f"the library's embedder (default {BACKBONE})"
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.quick:
@@ -256,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="kshot-serve-bench-") as tmp:
         root = Path(tmp) / "leaves"
-        embedder = build_embedder(EmbedderConfig.for_backbone(BACKBONE), pretrained=True)
+        embedder = build_embedder(EmbedderConfig.for_backbone(args.backbone), pretrained=True)
         library = Library.create(root, embedder, {}, IndexSpec(kind="flat"), device="cpu")
         library.enroll(enroll)
         backbone = library.embedder.backbone.to(memory_format=torch.contiguous_format).eval()
@@ -338,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---:|---:|---:|---:|---:|")
     print(
-        f"| 500x500, {BACKBONE} | {lat['server_p50']:.1f} / {lat['server_p99']:.1f} | "
+        f"| 500x500, {args.backbone} | {lat['server_p50']:.1f} / {lat['server_p99']:.1f} | "
         f"{bare_p50:.1f} / {lat['bare_p99']:.1f} | {ratio:.2f}x {verdict} | "
         f"<= {LATENCY_TARGET}x | {cpu['server_1_client']:.1f} / {cpu['bare_batch1']:.1f} |"
     )

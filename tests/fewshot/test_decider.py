@@ -77,21 +77,3 @@ def test_ten_thousand_classes_decide_by_prototypes_with_a_notice(caplog):
     assert decider.calibration.threshold is None  # one image per class: nothing to hold out
     best = decider.scores(vectors[:50]).argmax(axis=1)
     assert [decider.classes[b] for b in best] == labels[:50]
-
-
-def test_the_fit_runs_blas_on_one_thread(monkeypatch):
-    """Idle BLAS threads spin beside torch's OpenMP threads: the fit keeps BLAS to one."""
-    from threadpoolctl import threadpool_info
-
-    from kshot.fewshot.rules.logistic import LogisticRule
-
-    seen = []
-    fit = LogisticRule.fit
-
-    def watched(self, vectors, labels):
-        seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
-        return fit(self, vectors, labels)
-
-    monkeypatch.setattr(LogisticRule, "fit", watched)
-    Decider.fit(DecisionSettings("logistic"), *_library())
-    assert seen and set(seen) == {1}

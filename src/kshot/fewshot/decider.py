@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from kshot.atomic import atomic_path
 from kshot.errors import KshotError
@@ -80,16 +79,7 @@ class Decider:
         calibrated: bool = True,
     ) -> Decider:
         """Fit on enrolled ``vectors (N, D)`` and ``labels (N,)``; ``calibrated=False`` skips the
-        cross-validated calibration (the confidence then uses scale 1 and no threshold).
-
-        BLAS runs on one thread here: its idle threads spin, and beside torch's OpenMP threads
-        they made these small solves 2.5-10x slower on 2 cores (0.49 s instead of 1.2 s for
-        1,849 photos of 38 classes, 0.1 s instead of 1.2 s for 75 photos)."""
-        with threadpool_limits(1, user_api="blas"):
-            return cls._fit(settings, vectors, labels, calibrated)
-
-    @classmethod
-    def _fit(cls, settings, vectors, labels, calibrated) -> Decider:
+        cross-validated calibration (the confidence then uses scale 1 and no threshold)."""
         mean = vectors.mean(axis=0) if settings.centre == "library" else None
         shifted = centred(vectors, mean)
         rule = settings.make_rule().fit(shifted, labels)

@@ -4,7 +4,7 @@ from sklearn.linear_model import LogisticRegression
 
 from kshot.fewshot.calibration import softmax
 from kshot.fewshot.rules import make_rule
-from kshot.fewshot.rules.logistic import LogisticRule
+from kshot.fewshot.rules.logistic import LogisticRule, row_space
 
 
 def _clusters(centres, per_class, seed=0, spread=0.05):
@@ -57,3 +57,48 @@ def test_state_round_trip_gives_the_same_scores():
 def test_unknown_rule_name():
     with pytest.raises(ValueError, match="unknown method 'svm'"):
         make_rule("svm")
+
+
+def _few_shot(classes=6, shots=5, dim=200, seed=3):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim))
+    vectors = np.concatenate([c + 1.5 * rng.normal(size=(shots, dim)) for c in centres])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32), [f"c{c}" for c in range(classes) for _ in range(shots)]
+
+
+def test_row_space_is_an_orthonormal_basis_of_the_vectors():
+    vectors, _ = _few_shot()
+    basis = row_space(vectors)
+    assert basis.shape == (200, 30)
+    assert np.allclose(basis.T @ basis, np.eye(30), atol=1e-8)
+    assert np.allclose(vectors @ basis @ basis.T, vectors, atol=1e-5)  # nothing of them lost
+    assert row_space(np.ones((120, 200), dtype=np.float32)) is None  # N > D / 2: not worth it
+
+
+def test_fitting_in_the_row_space_gives_the_full_fit(monkeypatch):
+    """The representer theorem: the same weights as a fit in all dimensions."""
+    vectors, labels = _few_shot()
+    queries, _ = _few_shot(seed=4)
+    projected = LogisticRule().fit(vectors, labels)
+    monkeypatch.setattr("kshot.fewshot.rules.logistic.row_space", lambda v: None)
+    full = LogisticRule().fit(vectors, labels)
+    assert np.allclose(projected.weights, full.weights, atol=2e-3)
+    assert np.allclose(projected.scores(queries), full.scores(queries), atol=5e-3)
+    assert (projected.scores(queries).argmax(1) == full.scores(queries).argmax(1)).all()
+
+
+def test_the_solver_runs_blas_on_one_thread(monkeypatch):
+    """Idle BLAS threads spin beside torch's OpenMP threads: the fit keeps BLAS to one."""
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    fit = LogisticRegression.fit
+
+    def watched(self, *args, **kwargs):
+        seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", watched)
+    LogisticRule().fit(*_few_shot())
+    assert seen and set(seen) == {1}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from kshot.fewshot.rules.base import DecisionRule, class_means
 
@@ -14,6 +15,30 @@ log = logging.getLogger("kshot")
 
 
 MAX_CLASSES = 1000
+
+
+def row_space(vectors: np.ndarray) -> np.ndarray | None:
+    """An orthonormal basis ``(D, r)`` of the span of ``vectors (N, D)`` when N is under half
+    of D (a few-shot library: 45 photos of 3,408-dimensional embeddings), else ``None``.
+
+    An L2-penalised linear model's weights lie in the span of its training vectors (the
+    representer theorem), and with an orthonormal basis the penalty is unchanged: fitted on the
+    r <= N coordinates of each vector and mapped back, the solution is the same, at a fraction of
+    the cost: the calibration's five folds on 45 photos of 3,408 dimensions took 85 ms, now 16.
+    """
+    n, d = vectors.shape
+    if 2 * n > d:
+        return None
+    x = np.asarray(vectors, dtype=np.float64)
+    values, directions = np.linalg.eigh(x @ x.T)  # (N, N): cheaper than an SVD of (N, D)
+    keep = values > values[-1] * 1e-10
+    return x.T @ (directions[:, keep] / np.sqrt(values[keep]))
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    """The BLAS libraries loaded once scikit-learn is (finding them reads /proc: once only)."""
+    return ThreadpoolController()
 
 
 class LogisticRule(DecisionRule):
@@ -51,16 +76,21 @@ class LogisticRule(DecisionRule):
             return
         from sklearn.linear_model import LogisticRegression
 
+        basis = row_space(vectors)  # (D, r), or None: fit in the r <= N dimensions that matter
+        features = vectors if basis is None else (vectors @ basis).astype(vectors.dtype)
         model = LogisticRegression(C=self.C, max_iter=1000)
         if self._start is not None and self._start[0] == self.classes:
+            start = self._start[1] if basis is None else self._start[1] @ basis
             model.set_params(warm_start=True)
-            model.coef_, model.intercept_ = self._start[1].copy(), self._start[2].copy()
-        # One BLAS thread (see Decider.fit), set again now that sklearn's own BLAS is loaded
-        with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
+            model.coef_, model.intercept_ = start.copy(), self._start[2].copy()
+        # One BLAS thread: idle BLAS threads spin, and beside torch's OpenMP threads they made
+        # these small solves 2.5-10x slower on 2 cores (a decision on 75 photos: 1.2 s -> 0.1 s)
+        with warnings.catch_warnings(), _blas().limit(limits=1, user_api="blas"):
             warnings.simplefilter("ignore", UserWarning)  # "more classes than half the samples"
-            model.fit(vectors, codes)
-        self._coef, self._intercept = model.coef_, model.intercept_
-        weights, bias = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
+            model.fit(features, codes)
+        coef = model.coef_ if basis is None else model.coef_ @ basis.T
+        self._coef, self._intercept = coef, model.intercept_
+        weights, bias = coef.astype(np.float64), model.intercept_.astype(np.float64)
         if len(self.classes) == 2:  # sklearn keeps one logit for two classes: z for class 1
             weights, bias = (
                 np.vstack([-weights / 2, weights / 2]),
