@@ -361,3 +361,30 @@ def test_decoding_threads_prepare_tensors_on_one_thread(client):
 
     decoding = client.app.state.decoding
     assert decoding.submit(torch.get_num_threads).result() == 1
+
+
+def test_writes_run_on_the_writers_thread_and_queries_see_them(client, monkeypatch):
+    """A write's disk syncs and refit never hold up the reader's queue of forward passes."""
+    import threading
+
+    from kshot.fewshot.library import Library
+
+    threads = {}
+    for method in ("enroll", "forget"):
+        original = getattr(Library, method)
+
+        def spy(self, *args, _original=original, _name=method, **kwargs):
+            threads.setdefault(_name, threading.current_thread().name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Library, method, spy)
+    enroll = "/v1/libraries/leaves/classes/writer-class/images"
+    assert client.post(enroll, files=files(("w.png", png_bytes("noise", 9)))).status_code == 200
+    answer = client.post(QUERY, files=files(("w.png", png_bytes("noise", 9)))).json()["results"]
+    assert answer[0]["label"] == "writer-class"  # the reader sees the writer's commit at once
+    assert client.delete("/v1/libraries/leaves/classes/writer-class").status_code == 200
+    assert threads["enroll"].startswith("kshot-leaves-writer")
+    assert threads["forget"].startswith("kshot-leaves-writer")
+    assert "writer-class" not in {
+        c["label"] for c in client.get("/v1/libraries/leaves/classes").json()["classes"]
+    }

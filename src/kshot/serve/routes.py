@@ -262,7 +262,7 @@ async def enroll(request: Request, name: str, label: str):
         return paths, report
 
     try:
-        paths, report = await served.call(add)
+        paths, report = await served.write(add)
     except (OSError, KshotError) as exc:
         raise ApiError(503, "cannot_write", f"cannot enroll into {name!r}: {exc}") from None
     # The answer names each image as the client did, not by where it is kept.
@@ -302,7 +302,7 @@ async def forget(request: Request, name: str, label: str):
         return removed
 
     try:
-        removed = await served.call(remove)
+        removed = await served.write(remove)
     except (OSError, KshotError) as exc:
         raise ApiError(503, "cannot_write", f"cannot forget in {name!r}: {exc}") from None
     if removed is None:
