@@ -28,7 +28,7 @@ def serve(
     max_batch: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Most images in one forward pass [default: 32 on a GPU, 4 on a CPU]"
+            min=1, help="Most images in one forward pass [default: 32 on a GPU, 8 on a CPU]"
         ),
     ] = None,
     max_wait_ms: Annotated[

@@ -31,9 +31,10 @@ class Batching:
     lone request pays no wait.
 
     ``max_batch`` defaults to 32 on a GPU, where a batch costs little more than one image, and
-    to 4 on a CPU, where it does not: there each image costs about the same CPU time alone or in
-    a batch, and 16 clients of a 2-core server were answered fastest with the smallest batches
-    (BENCHMARKS.md)."""
+    to 8 on a CPU, where an image in a batch still costs less CPU time than one alone (Lite0's
+    bare forward on 2 cores: 25 ms of CPU alone, 15 in a batch of 16), and 16 clients of a
+    2-core server were answered fastest with batches of 8 (BENCHMARKS.md).
+    """
 
     max_batch: int | None = None
     max_wait_s: float = 0.0
@@ -41,7 +42,7 @@ class Batching:
     def batch_size(self, device_type: str) -> int:
         if self.max_batch is not None:
             return self.max_batch
-        return 32 if device_type == "cuda" else 4
+        return 32 if device_type == "cuda" else 8
 
 
 @dataclass(frozen=True)
