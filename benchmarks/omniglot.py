@@ -102,6 +102,7 @@ def main() -> int:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--queries", type=int, default=5)
     parser.add_argument("--lookahead", action="store_true")
+    parser.add_argument("--schedule", default="none", help="learning-rate schedule (cosine...)")
     parser.add_argument("--export-runs", type=Path, default=None)
     args = parser.parse_args()
     model = args.out / f"omniglot-{args.loss}.kshot"
@@ -121,7 +122,7 @@ def main() -> int:
             epochs=args.epochs,
             lr=args.lr,
             finetune_lr=None,
-            schedule="none",
+            schedule=args.schedule,
             batch_size=args.batch_size,
             ways=args.ways,
             shots=args.shots,

@@ -36,7 +36,7 @@ import numpy as np
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "plantvillage-leaf38"
 DIM, QUERIES, SEED = 128, 200, 0
-MIN_CELLS = 3  # the smallest window side, in feature-map cells
+MIN_CELLS = 3  # the smallest window side, in feature-map cells (--min-cells)
 WIDER = {"hnsw": ("hnsw_ef_search", 1024), "ivfpq": ("ivf_nprobe", 64)}
 
 
@@ -70,15 +70,15 @@ def feature_maps(cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
     return maps, labels
 
 
-def windows(maps: np.ndarray) -> np.ndarray:
-    """Unit mean vectors of every window of at least ``MIN_CELLS`` cells a side:
+def windows(maps: np.ndarray, min_cells: int = MIN_CELLS) -> np.ndarray:
+    """Unit mean vectors of every window of at least ``min_cells`` cells a side:
     ``(n * windows, DIM)``, a photo's windows together (summed-area tables)."""
     n, side = maps.shape[0], maps.shape[1]
     table = np.zeros((n, side + 1, side + 1, maps.shape[3]), np.float64)
     table[:, 1:, 1:] = maps.cumsum(1).cumsum(2)
     out = []
-    for h in range(MIN_CELLS, side + 1):
-        for w in range(MIN_CELLS, side + 1):
+    for h in range(min_cells, side + 1):
+        for w in range(min_cells, side + 1):
             for y in range(side - h + 1):
                 for x in range(side - w + 1):
                     total = (
@@ -220,6 +220,13 @@ def main() -> None:
     parser.add_argument("--enrolls", type=int, default=100)
     parser.add_argument("--cache", type=Path, default=None, help="npz of the feature maps")
     parser.add_argument(
+        "--min-cells",
+        type=int,
+        default=MIN_CELLS,
+        help="smallest window side: 3 gives 225 vectors a photo (374,625 in all), 1 gives 784 "
+        "(1.3 million: single cells are crops too)",
+    )
+    parser.add_argument(
         "--spec", nargs="*", default=[], metavar="NAME=INT", help="IndexSpec fields to change"
     )
     args = parser.parse_args()
@@ -234,12 +241,12 @@ def main() -> None:
     order = np.random.default_rng(SEED).permutation(len(maps))
     held = order[: len(maps) // 10]
     kept = order[len(maps) // 10 :]
-    per_photo = len(windows(maps[:1]))
-    pool = windows(maps[kept])
+    per_photo = len(windows(maps[:1], args.min_cells))
+    pool = windows(maps[kept], args.min_cells)
     labels = [str(classes[p]) for p in kept for _ in range(per_photo)]
     shuffle = np.random.default_rng(SEED + 1).permutation(len(pool))
     pool, labels = pool[shuffle], [labels[i] for i in shuffle]
-    queries = windows(maps[held])
+    queries = windows(maps[held], args.min_cells)
     queries = queries[np.random.default_rng(SEED + 2).permutation(len(queries))[:QUERIES]]
     print(
         f"{len(maps)} photos, {per_photo} windows each: {len(pool)} library vectors available; "

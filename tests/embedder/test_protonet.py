@@ -49,7 +49,7 @@ def test_squared_distance_loss_uses_minus_the_scaled_squared_distance():
 def test_the_scale_is_learnt_unless_fixed():
     learnt, fixed = PrototypicalLoss(shots=1), PrototypicalLoss(shots=1, learn_scale=False)
     assert [name for name, _ in learnt.named_parameters()] == ["scale"]
-    assert list(fixed.parameters()) == [] and fixed.scale.item() == 10.0
+    assert list(fixed.parameters()) == [] and fixed.scale.item() == 64.0
     embeddings, labels = episode()
     learnt(embeddings, labels).backward()
     assert learnt.scale.grad is not None and learnt.scale.grad.item() != 0
@@ -68,4 +68,4 @@ def test_an_episode_without_queries_costs_nothing():
 def test_protonet_is_a_loss_by_name_with_shots_from_the_episodes():
     loss, miner = build_loss("protonet", 10, 6, shots=3)
     assert isinstance(loss, PrototypicalLoss) and miner is None
-    assert loss.shots == 3 and loss.scale.item() == 10.0
+    assert loss.shots == 3 and loss.scale.item() == 64.0

@@ -37,7 +37,7 @@ class PrototypicalLoss(BaseMetricLossFunction):
     def __init__(
         self,
         shots: int,
-        scale: float = 10.0,
+        scale: float = 64.0,
         learn_scale: bool = True,
         squared_distance: bool = False,
         **kwargs,
