@@ -35,7 +35,7 @@ from kshot.embedder.interpolation import interpolate_state
 from kshot.embedder.model import EmbedderConfig, build_embedder
 from kshot.embedder.recipe import TrainConfig
 from kshot.embedder.run import train_from_folder
-from kshot.fewshot.decision import prototypes
+from kshot.fewshot.rules.prototype import PrototypeRule
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "plantvillage-leaf38"
 NEW_CROPS = ("Tomato", "Potato", "Pepper")
@@ -76,8 +76,8 @@ def few_shot_accuracy(embedder, new: list[Path]) -> dict:
                 members = np.flatnonzero(labels == name)
                 query.extend(members[1::2])  # every other photo is a query
                 support.extend(rng.choice(members[0::2], size=shots, replace=False))
-            classes, centres = prototypes(vectors[support], labels[support].tolist())
-            predicted = np.asarray(classes)[(vectors[query] @ centres.T).argmax(axis=1)]
+            rule = PrototypeRule().fit(vectors[support], labels[support].tolist())
+            predicted = np.asarray(rule.classes)[rule.scores(vectors[query]).argmax(axis=1)]
             proto.append(float(np.mean(predicted == labels[query])))
             classifier = LogisticRegression(C=10.0, max_iter=1000)
             classifier.fit(vectors[support], labels[support])
