@@ -157,3 +157,20 @@ def test_compact_can_change_the_index_kind(kshot, enrolled, images):
     (details,) = kshot.json("info", enrolled)
     assert details["index"]["kind"] == "hnsw" and details["index"]["current"]
     assert kshot.json("query", enrolled, images["blob"][3], "--method", "knn") == expected
+
+
+def test_classes_and_info_report_a_stale_decision_without_fitting_it(kshot, enrolled, monkeypatch):
+    """Commands that only report never fit the decision: at a million images that takes minutes."""
+    from kshot.fewshot.decider import Decider
+
+    (enrolled / "decision.npz").unlink()  # as after an enrollment cut short before its refit
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a reporting command fitted the decision")
+
+    monkeypatch.setattr(Decider, "fit", refuse)
+    listed = kshot("classes", enrolled)
+    assert listed.exit_code == 0 and "not fitted on the library as it is now" in listed.output
+    (details,) = kshot.json("info", enrolled)
+    assert details["decision"]["fitted"] is False and "threshold" not in details["decision"]
+    assert "not fitted" in kshot("info", enrolled).output

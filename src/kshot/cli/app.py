@@ -321,7 +321,7 @@ def classes(library: LibraryDir, as_json: AsJson = False):
     counts = store.classes()
     render.class_counts(counts, as_json)
     if counts and not as_json:
-        render.decision_summary(store.decider())
+        render.decision_summary(store.saved_decider())
 
 
 @command

@@ -84,11 +84,13 @@ def info(library: LibraryDir, as_json: AsJson = False):
     typer.echo(f"contents    {details['images']} image(s) in {details['classes']} class(es)")
     decision = details["decision"]
     if decision is not None:
-        threshold = decision["threshold"]
-        typer.echo(
-            f"decisions   {decision['method']} (centring: {decision['centre']}); unknown below "
-            + ("no threshold of its own" if threshold is None else f"confidence {threshold:.3f}")
-        )
+        rule = f"decisions   {decision['method']} (centring: {decision['centre']}); "
+        if not decision["fitted"]:
+            typer.echo(rule + "not fitted on the library as it is now (the next enroll or forget)")
+        else:
+            threshold = decision["threshold"]
+            below = f"confidence {threshold:.3f}" if threshold is not None else "no own threshold"
+            typer.echo(rule + "unknown below " + below)
     disk = details["disk_bytes"]
     typer.echo(
         f"disk        {sum(disk.values()) / 1e6:.1f} MB ("
@@ -98,10 +100,15 @@ def info(library: LibraryDir, as_json: AsJson = False):
 
 
 def _decision(store) -> dict:
-    """How the library decides now, and its own threshold (fitted if the saved one is stale)."""
-    decider = store.decider()
+    """How the library decides, and its own threshold: from the saved decision, never fitted
+    here (``fitted`` False when it does not match the library as it is now)."""
+    decider = store.saved_decider()
+    if decider is None:
+        settings = store.settings
+        return {"method": settings.method, "centre": settings.centre, "fitted": False}
     calibration = decider.calibration
     return {
+        "fitted": True,
         "method": decider.settings.method,
         "centre": decider.settings.centre,
         "threshold": calibration.threshold,

@@ -71,7 +71,15 @@ def enroll_report_json(report) -> dict:
 
 
 def decision_summary(decider) -> None:
-    """How the library decides, and its own "unknown" threshold with what it costs."""
+    """How the library decides, and its own "unknown" threshold with what it costs
+    (``decider`` None: not fitted on the library as it is now)."""
+    if decider is None:
+        say(
+            "decisions: not fitted on the library as it is now (another process changed it, or "
+            "an enrollment stopped): a query fits them in memory, the next enroll or forget "
+            "saves them"
+        )
+        return
     settings, calibration = decider.settings, decider.calibration
     rule = settings.method + (" on centred embeddings" if settings.centre != "none" else "")
     if calibration.threshold is None:

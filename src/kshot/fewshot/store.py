@@ -193,6 +193,13 @@ class LibraryStore:
         self._decider = (settings, stamp, decider)
         return decider
 
+    def saved_decider(self) -> Decider | None:
+        """The saved decision if it was fitted on the catalogue as it is now, else ``None``:
+        never fitted here (for commands that only report, such as ``kshot classes``: at a million
+        images a fit takes minutes)."""
+        with self.catalogue.snapshot():
+            return self._saved_decider(self.settings, self.catalogue.stamp())
+
     def _saved_decider(self, settings: DecisionSettings, stamp: str) -> Decider | None:
         path = self.root / DECISION
         if not path.is_file():

@@ -102,3 +102,22 @@ def test_the_solver_runs_blas_on_one_thread(monkeypatch):
     monkeypatch.setattr(LogisticRegression, "fit", watched)
     LogisticRule().fit(*_few_shot())
     assert seen and set(seen) == {1}
+
+
+def test_a_large_class_is_fitted_on_a_fixed_sample_of_its_images(monkeypatch):
+    from kshot.fewshot.rules.logistic import MAX_PER_CLASS, per_class_sample
+
+    codes = np.array([0] * 500 + [1] * 20)
+    kept = per_class_sample(codes)
+    assert np.sum(codes[kept] == 0) == MAX_PER_CLASS and np.sum(codes[kept] == 1) == 20
+    assert np.array_equal(kept, per_class_sample(codes))  # the same sample every time
+    assert per_class_sample(np.array([0] * 20 + [1] * 20)) is None
+
+    rows = []
+    fit = LogisticRegression.fit
+    monkeypatch.setattr(
+        LogisticRegression, "fit", lambda self, x, y: rows.append(len(x)) or fit(self, x, y)
+    )
+    vectors, labels = _few_shot(classes=2, shots=300, dim=50)
+    LogisticRule().fit(vectors, labels)
+    assert rows == [2 * MAX_PER_CLASS]

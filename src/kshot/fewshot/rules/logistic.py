@@ -15,6 +15,24 @@ log = logging.getLogger("kshot")
 
 
 MAX_CLASSES = 1000
+# Images of one class the fit uses at most, a seeded sample: libraries of the usual 20-200
+# photos a class are fitted on all of them, and a library of a million images refits in seconds
+# after each enrollment rather than minutes (its cost grows with the images fitted on).
+MAX_PER_CLASS = 200
+
+
+def per_class_sample(codes: np.ndarray, cap: int = MAX_PER_CLASS) -> np.ndarray | None:
+    """Sorted indices keeping at most ``cap`` of each class's images (the same ones every
+    time), or ``None`` when no class has more."""
+    counts = np.bincount(codes)
+    if counts.max(initial=0) <= cap:
+        return None
+    rng = np.random.default_rng(0)
+    kept = [
+        members if len(members) <= cap else rng.choice(members, size=cap, replace=False)
+        for members in (np.flatnonzero(codes == c) for c in range(len(counts)))
+    ]
+    return np.sort(np.concatenate(kept))
 
 
 def row_space(vectors: np.ndarray) -> np.ndarray | None:
@@ -76,6 +94,9 @@ class LogisticRule(DecisionRule):
             return
         from sklearn.linear_model import LogisticRegression
 
+        sample = per_class_sample(codes)
+        if sample is not None:
+            vectors, codes = vectors[sample], codes[sample]
         basis = row_space(vectors)  # (D, r), or None: fit in the r <= N dimensions that matter
         features = vectors if basis is None else (vectors @ basis).astype(vectors.dtype)
         model = LogisticRegression(C=self.C, max_iter=1000)
