@@ -293,7 +293,7 @@ def main() -> None:
                     f"{search['recall@10']:.3f} | {rest}",
                     flush=True,
                 )
-            print(f"  (the decision's refit after an enrollment at {size:,}: {row['refit_s']:.1f} s)")
+            print(f"  (the decision's refit after an enrollment: {row['refit_s']:.1f} s)")
     print(f"total {time.perf_counter() - started:.0f} s; load {os.getloadavg()[0]:.1f}")
 
 
