@@ -214,7 +214,7 @@ async def query(
         "model": served.library.manifest.model_sha256,
         "latency_ms": round((time.perf_counter() - started) * 1000, 2),
     }
-    # Sent as it is: FastAPI's own encoding would walk the finished JSON again (~1 ms)
+    # Sent as it is: FastAPI's own encoding would walk the finished JSON again
     return JSONResponse({"results": [{**result, **extra} for result in results]})
 
 

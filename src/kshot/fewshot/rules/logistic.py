@@ -16,8 +16,8 @@ log = logging.getLogger("kshot")
 
 MAX_CLASSES = 1000
 # Images of one class the fit uses at most, a seeded sample: libraries of the usual 20-200
-# photos a class are fitted on all of them, and a library of a million images refits in seconds
-# after each enrollment rather than minutes (its cost grows with the images fitted on).
+# photos a class are fitted on all of them, and the solver's cost (which grows with the images
+# fitted on) stays bounded however large a library grows.
 MAX_PER_CLASS = 200
 
 
