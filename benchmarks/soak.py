@@ -37,9 +37,9 @@ from pathlib import Path
 import torch
 
 torch.set_num_threads(1)
-from kshot.fewshot import library
+from kshot.fewshot import index_cache, library
 
-library.FOLD_AFTER, library.ENROLL_BATCH = 5, 2
+index_cache.FOLD_AFTER, library.ENROLL_BATCH = 5, 2
 lib = library.Library.open(Path(sys.argv[1]), device="cpu")
 files = [Path(p) for p in sys.argv[2:]]
 print("ready", flush=True)
@@ -55,9 +55,9 @@ from pathlib import Path
 import torch
 
 torch.set_num_threads(1)
-from kshot.fewshot import library
+from kshot.fewshot import index_cache, library
 
-library.FOLD_AFTER = 5
+index_cache.FOLD_AFTER = 5
 role, root, seconds, seed = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 files = [Path(p) for p in sys.argv[5:]]
 rng = random.Random(seed)

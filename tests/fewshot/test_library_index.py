@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from kshot.errors import KshotError
+from kshot.fewshot import index_cache
 from kshot.fewshot import library as library_module
 from kshot.fewshot.library import CATALOGUE, INDEX, LOCK, MANIFEST, Library
 from kshot.index.header import header_of
@@ -67,7 +68,7 @@ def test_a_reader_never_writes_the_index(tmp_path, conv4_embedder, photos):
 def test_a_writer_saves_the_index_stamped_once_the_journal_is_long(
     tmp_path, conv4_embedder, photos, monkeypatch
 ):
-    monkeypatch.setattr(library_module, "FOLD_AFTER", 3)
+    monkeypatch.setattr(index_cache, "FOLD_AFTER", 3)
     root = tmp_path / "lib"
     lib = make_library(root, conv4_embedder, photos)
     header = header_of(root / INDEX)
@@ -192,7 +193,7 @@ def test_a_failed_index_save_loses_nothing(tmp_path, conv4_embedder, photos, mon
     root = tmp_path / "lib"
     lib = Library.create(root, conv4_embedder, {}, SPEC, device="cpu")
     monkeypatch.setattr(VectorIndex, "save", disk_full)
-    monkeypatch.setattr(library_module, "FOLD_AFTER", 1)
+    monkeypatch.setattr(index_cache, "FOLD_AFTER", 1)
     lib.enroll(items_of(photos))
     assert "no space left on the device" in notices.text
     with pytest.raises(KshotError, match="could not save the index"):
