@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from kshot.errors import KshotError
+from kshot.fewshot import store
+from kshot.fewshot.catalogue import NewImage
 from kshot.fewshot.decider import Decider, DecisionSettings
 from kshot.fewshot.labels import UNKNOWN
 from kshot.fewshot.library import Library
@@ -120,3 +122,47 @@ def test_centred_settings_travel_in_the_manifest(tmp_path, conv4_embedder, photo
     assert reopened.settings == settings
     entries = reopened.entries()
     assert np.allclose(reopened.decider().mean, entries.vectors.mean(axis=0), atol=1e-6)
+
+
+def test_a_library_within_the_sample_cap_is_fitted_on_every_image(tmp_path, conv4_embedder, photos):
+    lib = _library(tmp_path / "lib", conv4_embedder, photos)
+    entries = lib.entries()
+    everything = Decider.fit(DecisionSettings(), entries.vectors, entries.labels)
+    queries = entries.vectors[:4]
+    np.testing.assert_allclose(lib.decider().scores(queries), everything.scores(queries), atol=1e-6)
+    np.testing.assert_allclose(lib.decider().prototypes, everything.prototypes, atol=1e-6)
+
+
+def _add(lib: Library, label: str, sha256: str, vector: np.ndarray) -> None:
+    """One enrollment's commit, the embedding given."""
+    with lib.locked(), lib.catalogue.writing():
+        lib.catalogue.add([NewImage(label, f"/new/{sha256[:8]}.jpg", sha256, vector)])
+    lib.refit_decision()
+
+
+def test_an_image_outside_the_classes_sample_keeps_the_rule_and_moves_the_prototype(
+    tmp_path, conv4_embedder, photos, monkeypatch
+):
+    monkeypatch.setattr(store, "DECISION_SAMPLE", 2)
+    lib = _library(tmp_path / "lib", conv4_embedder, photos)
+    before = lib.decider()
+    assert len(lib.catalogue.decision_sample(2)) == 2 * len(CLASSES)
+    vector = lib.entries().vectors[0]
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the rule was fitted again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Decider, "fit", no_fit)
+        _add(lib, "Tomato/Leaf mold", "f" * 64, vector)  # the largest hash: not in the sample
+        after, stamp = Decider.load(tmp_path / "lib" / DECISION)
+    assert stamp == lib.catalogue.stamp()
+    np.testing.assert_array_equal(after.rule.state()["weights"], before.rule.state()["weights"])
+    entries = lib.catalogue.entries()
+    mold = entries.vectors[np.asarray(entries.labels) == "Tomato/Leaf mold"].mean(axis=0)
+    row = after.classes.index("Tomato/Leaf mold")
+    np.testing.assert_allclose(after.prototypes[row], mold / np.linalg.norm(mold), atol=1e-6)
+    _add(lib, "Tomato/Leaf mold", "0" * 64, -vector)  # the smallest hash enters the sample
+    refitted = lib.decider()
+    assert refitted.sample != after.sample
+    assert not np.array_equal(refitted.rule.state()["weights"], before.rule.state()["weights"])

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from kshot.errors import KshotError, StorageError
+from kshot.fewshot import class_sums as kept_sums
 
 _IMAGES = """
 CREATE TABLE IF NOT EXISTS images (
@@ -130,8 +131,11 @@ class Catalogue:
         )
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self._read(sql, params).fetchall()
+
+    def _read(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         try:
-            return self._db.execute(sql, params).fetchall()
+            return self._db.execute(sql, params)
         except sqlite3.Error as exc:
             raise self._failure(exc, "read") from None
 
@@ -166,6 +170,7 @@ class Catalogue:
             # row: done once, in the first write of a library made before the count was kept).
             if not self._db.execute("SELECT 1 FROM meta WHERE key = 'images'").fetchall():
                 self._db.execute("INSERT INTO meta SELECT 'images', COUNT(*) FROM images")
+            kept_sums.start(self._db.execute, self.dim)  # once, like the count
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
@@ -201,15 +206,20 @@ class Catalogue:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         ids: list[int | None] = []
         with self.writing():
-            for image in images:
-                vector = np.ascontiguousarray(image.vector, dtype=np.float32)
+            vectors = [np.ascontiguousarray(image.vector, dtype=np.float32) for image in images]
+            for image, vector in zip(images, vectors, strict=True):
                 cursor = self._write(
                     "INSERT OR IGNORE INTO images (label, source, sha256, enrolled_at, vector)"
                     " VALUES (?, ?, ?, ?, ?)",
                     (image.label, image.source, image.sha256, now, vector.tobytes()),
                 )
                 ids.append(cursor.lastrowid if cursor.rowcount == 1 else None)
-            self._count_change(sum(i is not None for i in ids))
+            added = [i for i, new_id in enumerate(ids) if new_id is not None]
+            if added:
+                labels = [images[i].label for i in added]
+                rows = np.stack([vectors[i].reshape(self.dim) for i in added])
+                kept_sums.change_by_label(self._write, labels, rows, +1)
+            self._count_change(len(added))
         return ids
 
     def _count_change(self, change: int) -> None:
@@ -267,12 +277,44 @@ class Catalogue:
     def _forget_ids(self, ids: list[int]) -> None:
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                f"SELECT label, vector FROM images WHERE id IN ({marks})", tuple(chunk)
+            )
+            if rows:
+                vectors = self._vectors([row[1] for row in rows])
+                kept_sums.change_by_label(self._write, [row[0] for row in rows], vectors, -1)
             deleted = self._write(f"DELETE FROM images WHERE id IN ({marks})", tuple(chunk))
             self._count_change(-deleted.rowcount)
             self._db.executemany("INSERT INTO removed (id) VALUES (?)", [(i,) for i in chunk])
 
     def class_counts(self) -> list[tuple[str, int]]:
+        if kept_sums.ready(self._read):
+            labels, counts, _ = kept_sums.read(self._read, self.dim)
+            return list(zip(labels, counts.tolist(), strict=True))
         return self._query("SELECT label, COUNT(*) FROM images GROUP BY label ORDER BY label")
+
+    def class_sums(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """``(labels, counts (C,), sums (C, D) float64)`` of the enrolled embeddings, by label:
+        kept by every write (summed here from every row in a library not written since they
+        were)."""
+        with self.snapshot():
+            if kept_sums.ready(self._read):
+                return kept_sums.read(self._read, self.dim)
+            entries = self.entries()
+        labels, codes = np.unique(np.asarray(entries.labels, dtype=str), return_inverse=True)
+        sums = np.zeros((len(labels), self.dim))
+        np.add.at(sums, codes, entries.vectors.astype(np.float64))
+        return labels.tolist(), np.bincount(codes, minlength=len(labels)), sums
+
+    def decision_sample(self, cap: int) -> np.ndarray:
+        """Sorted ids of at most ``cap`` images of each class, those of smallest SHA-256: the
+        fixed sample a library's decision is fitted on (:mod:`kshot.fewshot.class_sums`)."""
+        with self.snapshot():
+            if kept_sums.ready(self._read):
+                labels = kept_sums.read(self._read, self.dim)[0]
+            else:
+                labels = [row[0] for row in self._query("SELECT DISTINCT label FROM images")]
+            return kept_sums.sample_ids(self._read, labels, cap)
 
     def version(self) -> int:
         """Changes whenever another connection (another process) commits a change."""

@@ -69,6 +69,9 @@ class Decider:
     # (C, D) class prototypes of the embeddings as enrolled, whatever the rule: how near a query
     # comes to any class tells the calibration's "none of these" how strong to be.
     prototypes: np.ndarray | None = None
+    # Which images it was fitted on, when a library fitted it on a sample of its own
+    # (kshot.fewshot.class_sums): while the sample stays, so do the rule and its calibration.
+    sample: str = ""
 
     @classmethod
     def fit(
@@ -77,9 +80,13 @@ class Decider:
         vectors: np.ndarray,
         labels: Sequence[str],
         calibrated: bool = True,
+        prototypes: np.ndarray | None = None,
+        sample: str = "",
     ) -> Decider:
         """Fit on enrolled ``vectors (N, D)`` and ``labels (N,)``; ``calibrated=False`` skips the
-        cross-validated calibration (the confidence then uses scale 1 and no threshold)."""
+        cross-validated calibration (the confidence then uses scale 1 and no threshold).
+        ``prototypes (C, D)``, given, are those of every image of each class, of which
+        ``vectors`` are a sample named ``sample``; else they are the means of ``vectors``."""
         mean = vectors.mean(axis=0) if settings.centre == "library" else None
         shifted = centred(vectors, mean)
         rule = settings.make_rule().fit(shifted, labels)
@@ -89,8 +96,9 @@ class Decider:
         # Nearness to the classes is measured uncentred: centring spreads the scores of the
         # enrolled classes apart, and with them those of photos of none of them (measured: far
         # unknowns' AUROC 0.89 uncentred, 0.80 centred, default embedder, prototypes).
-        prototypes = PrototypeRule().fit(vectors, labels).prototypes
-        return cls(settings, rule, calibration, mean, prototypes)
+        if prototypes is None:
+            prototypes = PrototypeRule().fit(vectors, labels).prototypes
+        return cls(settings, rule, calibration, mean, prototypes, sample)
 
     @property
     def classes(self) -> list[str]:
@@ -116,6 +124,7 @@ class Decider:
             "stamp": stamp,
             "settings": asdict(self.settings),
             "calibration": asdict(self.calibration),
+            "sample": self.sample,
         }
         arrays = {f"rule.{k}": v for k, v in self.rule.state().items()}
         if self.mean is not None:
@@ -141,7 +150,8 @@ class Decider:
             calibration = Calibration(**header["calibration"])
         except (OSError, ValueError, KeyError, TypeError, KshotError) as exc:
             raise KshotError(f"{path}: damaged decision file ({exc})") from None
-        return cls(settings, rule, calibration, mean, prototypes), header["stamp"]
+        sample = str(header.get("sample", ""))
+        return cls(settings, rule, calibration, mean, prototypes, sample), header["stamp"]
 
 
 def _options(settings: DecisionSettings) -> dict:

@@ -8,12 +8,16 @@ index.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from kshot.errors import KshotError, StorageError
 from kshot.fewshot.catalogue import Catalogue, Removed
@@ -34,6 +38,9 @@ FORMAT, VERSION = "kshot-library", 1
 # kshot.embedder.precision.PRECISIONS, spelt out: that module needs torch, which reading a
 # library's classes does not (tests/fewshot/test_library.py checks the two agree).
 PRECISIONS = ("fp32", "bf16")
+# Images of one class a library's decision is fitted on at most (kshot.fewshot.class_sums):
+# libraries of the usual 20-200 photos a class are fitted on all of them.
+DECISION_SAMPLE = 200
 
 
 @dataclass(frozen=True)
@@ -181,15 +188,17 @@ class LibraryStore:
     def decider(self, settings: DecisionSettings | None = None) -> Decider | None:
         """The decision fitted on what the library holds now (``None`` when it holds nothing):
         the saved ``decision.npz`` when it was fitted on this very catalogue state with these
-        settings, else fitted here, in memory. Only a writer saves it (:meth:`refit_decision`)."""
+        settings, else made here, in memory. Only a writer saves it (:meth:`refit_decision`)."""
         settings = settings or self.settings
         with self.catalogue.snapshot():
             stamp = self.catalogue.stamp()
             if self._decider is not None and self._decider[:2] == (settings, stamp):
                 return self._decider[2]
-            decider = self._saved_decider(settings, stamp)
-            if decider is None:
-                decider = self._fitted_decider(settings)
+            saved = self._load_saved_decider()
+            if saved is not None and (saved[0].settings, saved[1]) == (settings, stamp):
+                decider = saved[0]
+            else:
+                decider = self._current_decider(settings, saved[0] if saved else None)
         self._decider = (settings, stamp, decider)
         return decider
 
@@ -198,24 +207,43 @@ class LibraryStore:
         never fitted here (for commands that only report, such as ``kshot classes``, which took
         83 s at a million images when it fitted one)."""
         with self.catalogue.snapshot():
-            return self._saved_decider(self.settings, self.catalogue.stamp())
+            saved = self._load_saved_decider()
+            if saved is None or saved[0].settings != self.settings:
+                return None
+            return saved[0] if saved[1] == self.catalogue.stamp() else None
 
-    def _saved_decider(self, settings: DecisionSettings, stamp: str) -> Decider | None:
+    def _load_saved_decider(self) -> tuple[Decider, str] | None:
         path = self.root / DECISION
         if not path.is_file():
             return None
         try:
-            decider, saved_stamp = Decider.load(path)
+            return Decider.load(path)
         except KshotError as exc:
             log.warning("%s; fitting the decision again from the catalogue", exc)
             return None
-        return decider if (decider.settings, saved_stamp) == (settings, stamp) else None
 
-    def _fitted_decider(self, settings: DecisionSettings) -> Decider | None:
-        entries = self.entries()
-        if len(entries.ids) == 0:
+    def _current_decider(self, settings: DecisionSettings, saved: Decider | None) -> Decider | None:
+        """The decision for the catalogue as it is: fitted on each class's fixed sample of at
+        most ``DECISION_SAMPLE`` images, with every image's prototypes from the kept sums. When
+        ``saved`` was fitted on the same sample, its rule and calibration stand and only the
+        prototypes are brought up to date: no fit (the usual case after an enrollment into a
+        large class, see :mod:`kshot.fewshot.class_sums`)."""
+        ids = self.catalogue.decision_sample(DECISION_SAMPLE)
+        if len(ids) == 0:
             return None
-        return Decider.fit(settings, entries.vectors, entries.labels)
+        labels, _, sums = self.catalogue.class_sums()
+        prototypes = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        sample = hashlib.sha256(ids.tobytes()).hexdigest()
+        if saved is not None and (saved.settings, saved.sample, saved.classes) == (
+            settings,
+            sample,
+            labels,
+        ):
+            return dataclasses.replace(saved, prototypes=prototypes)
+        found = self.catalogue.labels_of(ids)
+        ids, vectors = self.catalogue.vectors_of(ids)
+        chosen = [found[int(i)] for i in ids]
+        return Decider.fit(settings, vectors, chosen, prototypes=prototypes, sample=sample)
 
     def entries(self):
         """Every enrolled image's id, label, source and embedding."""
