@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kshot.errors import KshotError, StorageError
+from kshot.errors import KshotError
 from kshot.fewshot import class_sums as kept_sums
+from kshot.fewshot.sqlite_failure import sqlite_failure
 
 _IMAGES = """
 CREATE TABLE IF NOT EXISTS images (
@@ -103,32 +104,7 @@ class Catalogue:
         self._db.close()
 
     def _failure(self, exc: sqlite3.Error, doing: str) -> KshotError:
-        """The one-line error for a failed SQLite call: busy, storage or damage, told apart."""
-        text = str(exc).lower()
-        if "locked" in text or "busy" in text:
-            return KshotError(
-                f"{self.path}: another process holds the library (waited {BUSY_TIMEOUT_S:.0f} s "
-                "for it); run the command again when it has finished"
-            )
-        if "readonly" in text or "read-only" in text:
-            return StorageError(
-                f"{self.path}: cannot {doing} it, it is read-only (storage or permissions); the "
-                "library can be queried, not changed: copy it to writable storage to change it"
-            )
-        if "full" in text:
-            return StorageError(
-                f"{self.path}: no space left on the device; free some space and run the command "
-                "again (what was already committed is kept)"
-            )
-        if "unable to open" in text or "disk i/o" in text:
-            return StorageError(
-                f"{self.path}: cannot {doing} it ({exc}): check that it and its folder can be "
-                "read and written, and that the storage works"
-            )
-        return KshotError(
-            f"{self.path}: damaged catalogue ({exc}); restore it from a backup or build a new "
-            "library"
-        )
+        return sqlite_failure(self.path, exc, doing, BUSY_TIMEOUT_S)
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         return self._read(sql, params).fetchall()
