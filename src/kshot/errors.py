@@ -5,6 +5,13 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+# Exit codes: 0 done; 1 failed, or not one input could be used (one-line reasons on stderr); 2 bad
+# command line (typer/click); 3 done, but some inputs were unusable (each reported on stderr or in
+# the JSON output); 130 interrupted (Ctrl-C), what was committed kept.
+EXIT_FAILED = 1
+EXIT_SOME_INPUTS_FAILED = 3
+EXIT_INTERRUPTED = 130
+
 
 class KshotError(Exception):
     """A failure with a message that says what went wrong and, where it can, what to do."""

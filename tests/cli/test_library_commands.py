@@ -174,3 +174,16 @@ def test_classes_and_info_report_a_stale_decision_without_fitting_it(kshot, enro
     (details,) = kshot.json("info", enrolled)
     assert details["decision"]["fitted"] is False and "threshold" not in details["decision"]
     assert "not fitted" in kshot("info", enrolled).output
+
+
+def test_only_a_flat_index_chosen_at_init_stays_flat_when_large(kshot, tmp_path):
+    import json
+
+    for name, extra in [("default", []), ("chosen", ["--index", "flat"])]:
+        kshot("init", tmp_path / name, "--backbone", "conv4", "--no-pretrained", *extra)
+    default, chosen = (
+        json.loads((tmp_path / name / "manifest.json").read_text())["index"]
+        for name in ("default", "chosen")
+    )
+    assert (default["kind"], default["graph_from"]) == ("flat", 200_000)
+    assert (chosen["kind"], chosen["graph_from"]) == ("flat", 0)

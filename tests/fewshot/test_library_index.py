@@ -203,17 +203,28 @@ def test_a_failed_index_save_loses_nothing(tmp_path, conv4_embedder, photos, mon
     assert len(lib.catalogue) == 8 and np.isfinite(lib.entries().vectors).all()
 
 
-def test_a_flat_library_growing_large_suggests_another_kind(
-    tmp_path, conv4_embedder, photos, monkeypatch, notices
+def test_a_flat_library_growing_large_becomes_a_graph_once(
+    tmp_path, conv4_embedder, photos, notices
 ):
-    monkeypatch.setattr(library_module, "FLAT_NOTICE", 5)
-    lib = Library.create(tmp_path / "lib", conv4_embedder, {}, SPEC, device="cpu")
+    spec = IndexSpec(use_gpu=False, graph_from=5)
+    root = tmp_path / "lib"
+    lib = Library.create(root, conv4_embedder, {}, spec, device="cpu")
     lib.enroll(items_of(photos)[:4])
-    assert "--index hnsw" not in notices.text
+    assert lib.manifest.index.kind == "flat" and "HNSW" not in notices.text
     lib.enroll(items_of(photos)[4:])
-    assert notices.text.count("--index hnsw") == 1
-    lib.enroll([(photos["a"][0], "a")])  # already there: nothing new, nothing said again
-    assert notices.text.count("--index hnsw") == 1
+    assert notices.text.count("HNSW graph") == 1
+    reopened = assert_consistent(root)
+    assert reopened.manifest.index.kind == "hnsw" and reopened.index.trained_kind == "hnsw"
+    assert reopened.query([photos["a"][0]], method="knn")[0].decision.label == "a"
+    lib.enroll([(photos["a"][0], "a")])  # nothing new, nothing said again
+    assert notices.text.count("HNSW graph") == 1
+
+
+def test_a_flat_index_chosen_explicitly_stays_flat(tmp_path, conv4_embedder, photos):
+    spec = IndexSpec(use_gpu=False, graph_from=0)
+    lib = Library.create(tmp_path / "lib", conv4_embedder, {}, spec, device="cpu")
+    lib.enroll(items_of(photos))
+    assert Library.open(tmp_path / "lib", device="cpu").manifest.index.kind == "flat"
 
 
 def test_compact_retrains_a_grown_ivfpq_index_on_all_its_vectors(tmp_path, conv4_embedder):

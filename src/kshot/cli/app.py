@@ -11,6 +11,8 @@ import typer
 
 from kshot.cli import (
     distill_command,
+    enroll_command,
+    init_command,
     inspection,
     maintenance,
     render,
@@ -32,9 +34,7 @@ from kshot.cli.embedders import embedder_from, open_library, set_precision
 from kshot.cli.options import (
     METHOD_HELP,
     AsJson,
-    Centre,
     Device,
-    IndexKind,
     LibraryDir,
     LibraryPrecision,
     Method,
@@ -106,137 +106,8 @@ def options(
         set_thread_count(threads)
 
 
-@command
-def init(
-    library: LibraryDir,
-    model: Annotated[Path | None, typer.Option(help="A model file from `kshot train`.")] = None,
-    backbone: Annotated[
-        str | None,
-        typer.Option(
-            help="Untrained: the backbone's pretrained features (see `kshot backbones`); "
-            "names joined by + make an ensemble."
-        ),
-    ] = None,
-    weights: Annotated[
-        Path | None, typer.Option(help="Backbone weights file to use instead of downloading.")
-    ] = None,
-    pretrained: Annotated[bool, typer.Option(help="With --backbone: ImageNet weights.")] = True,
-    index: Annotated[
-        IndexKind, typer.Option(help="flat: exact; hnsw, ivfpq: large libraries.")
-    ] = IndexKind.flat,
-    method: Annotated[Method, typer.Option(help="How queries are decided. " + METHOD_HELP)] = (
-        Method.logistic
-    ),
-    centre: Annotated[
-        Centre,
-        typer.Option(help="library: centre embeddings on the library's mean before deciding."),
-    ] = Centre.library,
-    tta: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Test-time augmentation view averaged in at enroll and query (repeatable): "
-            "hflip, vflip, full. Each view costs one more forward pass per image.",
-        ),
-    ] = None,
-    precision: PrecisionOption = Precision.fp32,
-    device: Device = "auto",
-):
-    """Create an empty library bound to one model (with neither --model nor --backbone: the
-    default embedder, which works offline)."""
-    from kshot.fewshot.decider import DecisionSettings
-    from kshot.fewshot.library import Library, check_new_library_path
-    from kshot.index.vector_index import IndexSpec
-
-    check_new_library_path(library)
-    if model is None and backbone is None:
-        from kshot.embedder.backbones import default_embedder
-
-        backbone, notice = default_embedder()
-        if notice:
-            say(f"kshot: {notice}")
-        say(f"no --model or --backbone: using the default embedder, {backbone}")
-    embedder, info = embedder_from(model, backbone, weights, pretrained)
-    chosen = set_precision(embedder, precision.value, device)
-    settings = DecisionSettings(method.value, centre=centre.value)
-    spec = IndexSpec(kind=index.value)
-    Library.create(
-        library,
-        embedder,
-        info,
-        spec,
-        device=device,
-        settings=settings,
-        tta=tta or (),
-        precision=chosen,
-    )
-    say(
-        f"created library {library} ({embedder.embedding_dim}-d embeddings, {index.value} index, "
-        f"{method.value} decisions, {chosen})"
-    )
-    say(f"next: kshot enroll {library} --label NAME IMAGE...   or   kshot enroll {library} DIR")
-
-
-@command
-def enroll(
-    library: LibraryDir,
-    inputs: Annotated[
-        list[str],
-        typer.Argument(
-            help="With --label: image files or folders of images. Without: one folder holding a "
-            "folder per class (or per group, holding a folder per class: group/class labels)."
-        ),
-    ],
-    label: Annotated[
-        str | None, typer.Option("--label", "-l", help="The class of the images.")
-    ] = None,
-    allow_relabel: Annotated[
-        bool,
-        typer.Option(help="Enroll bytes already enrolled under another label (refused if not)."),
-    ] = False,
-    as_json: AsJson = False,
-    precision: LibraryPrecision = None,
-    device: Device = "auto",
-):
-    """Add labelled images to a library: a new class from a few photos, no retraining.
-
-    Commits as it goes: interrupted, it keeps what it enrolled, and run again it goes on
-    (images already enrolled are skipped)."""
-    from kshot.embedder.images import images_in
-    from kshot.fewshot.labels import check_label
-    from kshot.fewshot.library import EnrollReport, folder_items
-
-    if label is None:
-        if len(inputs) == 1 and not Path(inputs[0]).exists():
-            raise KshotError(f"{inputs[0]}: does not exist")
-        if len(inputs) != 1 or not Path(inputs[0]).is_dir():
-            raise KshotError(
-                "give --label NAME with image files or folders of images, or one folder "
-                "holding a folder per class"
-            )
-        items, refused = folder_items(Path(inputs[0]))
-    else:
-        try:
-            label = check_label(label)
-        except ValueError as exc:
-            raise KshotError(str(exc)) from None
-        paths, refused = images_in(inputs)
-        items = [(path, label) for path in paths]
-    lib = open_library(library, precision and precision.value, [p for p, _ in items], device)
-    with progress("enrolling", len(items)) as advance:
-        report = (
-            lib.enroll(items, on_progress=advance, allow_relabel=allow_relabel)
-            if items
-            else EnrollReport()
-        )
-    report.errors[:0] = refused
-    render.enroll_report(report, as_json)
-    if report.interrupted:
-        say(
-            f"kshot: interrupted: the {len(report.added)} image(s) enrolled are kept; run the "
-            "same command again to go on (images already enrolled are skipped)"
-        )
-        return EXIT_INTERRUPTED
-    return outcome(len(report.added) + len(report.duplicates), len(report.errors))
+command(init_command.init)
+command(enroll_command.enroll)
 
 
 @command

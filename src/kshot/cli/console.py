@@ -8,12 +8,11 @@ from contextlib import contextmanager
 
 import typer
 
-# Exit codes: 0 done; 1 failed, or not one input could be used (one-line reasons on stderr); 2 bad
-# command line (typer/click); 3 done, but some inputs were unusable (each reported on stderr or in
-# the JSON output); 130 interrupted (Ctrl-C), what was committed kept.
-EXIT_FAILED = 1
-EXIT_SOME_INPUTS_FAILED = 3
-EXIT_INTERRUPTED = 130
+from kshot.errors import (  # the commands take them from here
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,  # noqa: F401
+    EXIT_SOME_INPUTS_FAILED,
+)
 
 
 def outcome(done: int, failed: int) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 from kshot.atomic import write_text_atomic
 from kshot.embedder.checkpoint import load_checkpoint, model_hash, save_checkpoint
 from kshot.embedder.images import class_tree, file_sha256
-from kshot.embedder.inference import embed_files
+from kshot.embedder.inference import Embedded, embed_files
 from kshot.embedder.model import Embedder
 from kshot.embedder.precision import check_precision
 from kshot.embedder.runtime import resolve_device
@@ -60,9 +60,11 @@ log = logging.getLogger("kshot")
 
 # Images embedded, then committed, at a time: an interrupt keeps the batches done.
 ENROLL_BATCH = 256
-FLAT_NOTICE = 200_000  # images from which a flat index is slow enough to suggest another kind
 
 Progress = Callable[[int], None]
+# How a batch of files is embedded: by this process (``Library.embed_files``), or shared among
+# the processes torchrun started (kshot.fewshot.distributed_enroll).
+EmbedFiles = Callable[[list[Path], Progress | None], Embedded]
 
 
 @dataclass
@@ -166,21 +168,13 @@ class Library(Answering, IndexCache, LibraryStore):
 
     @functools.cached_property
     def embedder(self) -> Embedder:
-        embedder, _ = load_checkpoint(self.root / MODEL)
-        if model_hash(embedder) != self.manifest.model_sha256:
-            raise KshotError(
-                f"{self.root / MODEL} is not the model this library was built with "
-                "(its content hash differs from the manifest's): it was replaced or edited"
-            )
-        if embedder.embedding_dim != self.manifest.embedding_dim:
-            raise KshotError(
-                f"{self.root / MANIFEST}: damaged library manifest (embedding_dim "
-                f"{self.manifest.embedding_dim}, but the model embeds in {embedder.embedding_dim})"
-            )
-        check_precision(self.precision, self.device)
-        embedder = embedder.for_inference(self.device)
-        embedder.precision = self.precision
-        return embedder
+        return bound_embedder(self.root, self.manifest, self.device, self.precision)
+
+    def embed_files(self, paths: list[Path], on_progress: Progress | None = None) -> Embedded:
+        """``paths`` embedded as this library enrolls them: with their SHA-256, its TTA views."""
+        return embed_files(
+            self.embedder, paths, digest=True, on_progress=on_progress, tta=self.manifest.tta
+        )
 
     def _cached(self, name: str, build: Callable[[], object]):
         """Derived state, built once and dropped when the catalogue changes (a change by another
@@ -198,35 +192,47 @@ class Library(Answering, IndexCache, LibraryStore):
         items: Sequence[tuple[Path, str]],
         on_progress: Progress | None = None,
         allow_relabel: bool = False,
+        embed: EmbedFiles | None = None,
     ) -> EnrollReport:
         """Embed and store ``(image, label)`` pairs, committing every ``ENROLL_BATCH`` images:
         an interrupt keeps what was committed (``report.interrupted``), and a rerun skips it.
 
         Unreadable images, labels that cannot be classes, and bytes already enrolled under
-        another label (unless ``allow_relabel``) are reported, not fatal.
+        another label (unless ``allow_relabel``) are reported, not fatal. ``embed``: how each
+        batch's new files are embedded (default: :meth:`embed_files`, in this process).
         """
         report = EnrollReport()
         items = self._checked_labels(items, report)
         try:
             for start in range(0, len(items), ENROLL_BATCH):
                 batch = items[start : start + ENROLL_BATCH]
-                self._enroll_batch(batch, report, on_progress, allow_relabel)
+                self._enroll_batch(batch, report, on_progress, allow_relabel, embed)
         except KeyboardInterrupt:
             report.interrupted = True
-        if report.added and self.manifest.index.kind == "flat":
-            count = len(self.catalogue)
-            if count >= FLAT_NOTICE > count - len(report.added):
-                log.info(
-                    "%s now holds %d images in a flat index, which compares a query with every "
-                    "one of them (46 ms at 370,000 on one busy core, BENCHMARKS.md); `kshot "
-                    "compact %s --index hnsw` makes it a graph that answers in under a millisecond",
-                    self.root,
-                    count,
-                    self.root,
-                )
+        if report.added and not report.interrupted:
+            self._graph_when_large(len(report.added))
         if report.added and not report.interrupted:
             self.refit_decision()
         return report
+
+    def _graph_when_large(self, added: int) -> None:
+        """Rebuild a flat index as an HNSW graph when this enrollment took the library past
+        ``graph_from`` images (the writer's job, once; queries meanwhile search the flat one)."""
+        spec = self.manifest.index
+        count = len(self.catalogue)
+        if spec.kind != "flat" or not spec.graph_from or count < spec.graph_from:
+            return
+        log.info(
+            "%s now holds %d images: its flat index compares a query with every one of them, so "
+            "it is being rebuilt as an HNSW graph, once (about 2 minutes a 100,000 images on "
+            "one core; `kshot init --index flat` keeps a library flat)",
+            self.root,
+            count,
+        )
+        try:
+            self.compact("hnsw")
+        except StorageError as exc:
+            log.warning("%s; the library stays flat until the next enrollment", exc)
 
     def _enroll_batch(
         self,
@@ -234,12 +240,11 @@ class Library(Answering, IndexCache, LibraryStore):
         report: EnrollReport,
         on_progress: Progress | None,
         allow_relabel: bool,
+        embed: EmbedFiles | None = None,
     ) -> None:
         items = self._not_yet_enrolled(items, report, on_progress)
         paths = [Path(p) for p, _ in items]
-        embedded = embed_files(
-            self.embedder, paths, digest=True, on_progress=on_progress, tta=self.manifest.tta
-        )
+        embedded = (embed or self.embed_files)(paths, on_progress)
         report.errors += [error for _, error in embedded.errors]
         given = [str(items[i][0]) for i in embedded.indices]  # reported as the caller named them
         new = [
@@ -299,6 +304,26 @@ class Library(Answering, IndexCache, LibraryStore):
     def entries(self) -> Entries:
         """Every enrolled image's id, label, source and embedding, read once per change."""
         return self._cached("entries", self.catalogue.entries)
+
+
+def bound_embedder(root: Path, manifest: Manifest, device, precision: str) -> Embedder:
+    """The model of the library at ``root``, checked against its ``manifest``, in inference mode
+    on ``device`` (a ``torch.device``) in ``precision``: reads the library, writes nothing."""
+    embedder, _ = load_checkpoint(root / MODEL)
+    if model_hash(embedder) != manifest.model_sha256:
+        raise KshotError(
+            f"{root / MODEL} is not the model this library was built with "
+            "(its content hash differs from the manifest's): it was replaced or edited"
+        )
+    if embedder.embedding_dim != manifest.embedding_dim:
+        raise KshotError(
+            f"{root / MANIFEST}: damaged library manifest (embedding_dim "
+            f"{manifest.embedding_dim}, but the model embeds in {embedder.embedding_dim})"
+        )
+    check_precision(precision, device)
+    embedder = embedder.for_inference(device)
+    embedder.precision = precision
+    return embedder
 
 
 def folder_items(root: Path) -> tuple[list[tuple[Path, str]], list[InputError]]:

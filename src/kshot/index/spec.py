@@ -25,10 +25,17 @@ class IndexSpec:
     # 39 x 256: FAISS's minimum of training points for 8-bit PQ codebooks.
     ivf_train_size: int = 9984
     use_gpu: bool = True
+    # A flat index is rebuilt as an HNSW graph, with a notice, once an enrollment takes the
+    # library to this many images: there exact search reaches milliseconds a query, the graph's
+    # one-off build minutes (BENCHMARKS.md, "A library at scale"). 0: it stays flat (a flat index
+    # chosen explicitly at ``kshot init``).
+    graph_from: int = 200_000
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise KshotError(f"unknown index kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.graph_from < 0:
+            raise KshotError("graph_from must be 0 (never) or a number of images")
         if self.ivf_train_size < 256:  # 8-bit PQ codebooks have 256 centroids
             raise KshotError("ivf_train_size must be at least 256")
 
