@@ -2,8 +2,9 @@
 
 1. ``--kills`` times: a writer process enrolls the soak's photos two at a time (the index saved
    every 5 changes, so kills land in saves too) and is killed with SIGKILL at a random moment.
-   After each kill the library must open, its index must hold exactly the catalogue's ids, no
-   image may be there twice, and every commit the writer reported must still be there.
+   After each kill the library must open, its index must hold exactly the catalogue's ids, its
+   per-class sums must be those of its rows, no image may be there twice, and every commit the
+   writer reported must still be there.
 2. For ``--seconds``: two writers (enrolling pairs of photos and forgetting single ones, at
    random) and three readers (kNN and prototype queries) on the library at once. Every operation
    must succeed; the library is then checked as above.
@@ -97,6 +98,20 @@ def make_photos(root: Path, per_class: int) -> list[Path]:
     return photos
 
 
+def sums_match_rows(lib) -> bool:
+    """Whether the per-class sums the catalogue keeps are those of its rows."""
+    labels, counts, sums = lib.catalogue.class_sums()
+    entries = lib.catalogue.entries()
+    held = np.asarray(entries.labels)
+    if labels != sorted(set(entries.labels)):
+        return False
+    for label, count, total in zip(labels, counts, sums, strict=True):
+        rows = entries.vectors[held == label].astype(np.float64)
+        if count != len(rows) or not np.allclose(total, rows.sum(axis=0), atol=1e-6):
+            return False
+    return True
+
+
 def check(root: Path, committed: int = 0, exactly: list[Path] | None = None) -> dict:
     """What is wrong with the library at ``root`` (empty when nothing)."""
     from kshot.fewshot.library import Library
@@ -109,7 +124,7 @@ def check(root: Path, committed: int = 0, exactly: list[Path] | None = None) -> 
     except Exception as exc:  # a library that cannot be read is the failure counted here
         return {"corrupted": 1, "reason": str(exc)}
     problems = {}
-    if sorted(indexed) != ids:
+    if sorted(indexed) != ids or not sums_match_rows(lib):
         problems["corrupted"] = 1
     duplicated = len(rows) - len({(label, sha) for label, sha, _ in rows})
     duplicated += len(indexed) - len(set(indexed))
