@@ -23,6 +23,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from kshot.embedder.augment import augment_config
 from kshot.embedder.checkpoint import load_checkpoint
 from kshot.embedder.inference import embed_files
 from kshot.embedder.recipe import TrainConfig
@@ -103,6 +104,10 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=5)
     parser.add_argument("--lookahead", action="store_true")
     parser.add_argument("--schedule", default="none", help="learning-rate schedule (cosine...)")
+    parser.add_argument("--augment", default="none", help="augmentation preset (kshot train's)")
+    parser.add_argument(
+        "--augment-option", action="append", default=[], help="NAME=VALUE over the preset"
+    )
     parser.add_argument("--export-runs", type=Path, default=None)
     args = parser.parse_args()
     model = args.out / f"omniglot-{args.loss}.kshot"
@@ -112,6 +117,7 @@ def main() -> int:
             backbone="conv4",  # 28 px grey by default
             embedding_dim=args.embedding_dim,
             rotation_classes=True,
+            augment=augment_config(args.augment, args.augment_option),
             loss=args.loss,
             loss_options={
                 k: v

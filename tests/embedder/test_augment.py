@@ -163,3 +163,21 @@ def test_augmentation_follows_the_torch_seed():
     first = augment_batch(augment, images)
     torch.manual_seed(5)
     assert torch.equal(augment_batch(augment, images), first)
+
+
+def test_shift_and_zoom_keep_the_size_and_a_shift_repeats_the_edges():
+    image = torch.full((1, 16, 16), 255, dtype=torch.uint8)
+    image[:, 6:10, 6:10] = 0  # a dark stroke on white, 6 pixels from every edge
+    torch.manual_seed(0)
+    shift = build_augment(AugmentConfig(shift=0.25, crop_p=1.0), side=16)  # up to 4 pixels
+    shifted = [shift(image) for _ in range(20)]
+    edges = [torch.cat([out[:, 0], out[:, -1], out[:, :, 0], out[:, :, -1]]) for out in shifted]
+    assert all(bool((edge == 255).all()) for edge in edges)  # no black fill came in
+    assert sum(not torch.equal(out, image) for out in shifted) >= 15
+    both = build_augment(AugmentConfig(shift=0.25, zoom=0.3, crop_p=1.0), side=16)
+    outputs = [both(image) for _ in range(20)]
+    assert all(out.shape == image.shape and out.dtype == torch.uint8 for out in outputs)
+    with pytest.raises(ValueError, match="side"):
+        build_augment(AugmentConfig(shift=0.1, crop_p=1.0))
+    with pytest.raises(KshotError, match="shift"):
+        AugmentConfig(shift=0.5)

@@ -31,6 +31,9 @@ class AugmentConfig:
     brightness: float = 0.0  # brightness factor in [1 - b, 1 + b]
     contrast: float = 0.0  # contrast factor in [1 - c, 1 + c]
     brightness_contrast_p: float = 0.0
+    shift: float = 0.0  # a move of up to this fraction of the side, the edges repeated
+    zoom: float = 0.0  # a crop of a fraction in [1 - zoom, 1] of the area, scaled back up
+    crop_p: float = 0.0
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -41,6 +44,8 @@ class AugmentConfig:
                 raise KshotError(f"augmentation {field.name} is a probability, not {value}")
         if self.hue > 0.5:
             raise KshotError(f"augmentation hue is at most 0.5, not {self.hue}")
+        if self.shift >= 0.5 or self.zoom >= 1:
+            raise KshotError("augmentation shift is under 0.5 (of the side), zoom under 1")
 
     @property
     def active(self) -> bool:
@@ -51,6 +56,7 @@ class AugmentConfig:
             or (self.rotation and self.rotation_p)
             or ((self.hue or self.saturation or self.value) and self.hsv_p)
             or ((self.brightness or self.contrast) and self.brightness_contrast_p)
+            or ((self.shift or self.zoom) and self.crop_p)
         )
 
     def with_options(self, options: list[str]) -> AugmentConfig:
@@ -99,11 +105,22 @@ def augment_config(preset: str, options: list[str] | None = None) -> AugmentConf
     return config.with_options(options or [])
 
 
-def build_augment(config: AugmentConfig) -> nn.Module:
-    """``(C, H, W)`` uint8 -> ``(C, H, W)`` uint8, randomly transformed as ``config`` says."""
+def build_augment(config: AugmentConfig, side: int | None = None) -> nn.Module:
+    """``(C, H, W)`` uint8 -> ``(C, H, W)`` uint8, randomly transformed as ``config`` says
+    (``shift`` and ``zoom`` need the images' ``side``: H = W = side)."""
     from torchvision.transforms import v2
 
     steps: list[nn.Module] = []
+    if (config.shift or config.zoom) and config.crop_p:
+        if side is None:
+            raise ValueError("shift and zoom need the images' side")
+        moves: list[nn.Module] = []
+        if config.zoom:
+            moves.append(v2.RandomResizedCrop(side, scale=(1 - config.zoom, 1), ratio=(1, 1)))
+        if config.shift:  # no fill colour to guess: the border is repeated
+            pad = max(1, round(config.shift * side))
+            moves.append(v2.RandomCrop(side, padding=pad, padding_mode="edge"))
+        steps.append(v2.RandomApply(moves, p=config.crop_p))
     if config.hflip:
         steps.append(v2.RandomHorizontalFlip(config.hflip))
     if config.vflip:

@@ -346,8 +346,10 @@ class _Run:
         if cached:
             features = backbone_features(self.embedder, self.images.pixels)
             return _FromFeatures(self.embedder), TensorDataset(features, self.images.labels)
-        augment = build_augment(self.config.augment if augment else AugmentConfig())
         preprocess = self.embedder.config.preprocess
+        augment = build_augment(
+            self.config.augment if augment else AugmentConfig(), preprocess.input_size
+        )
         return self.embedder, AugmentedImages(self.images, augment, preprocess)
 
     def _optimizers(self, stage: Stage) -> list[torch.optim.Optimizer]:
