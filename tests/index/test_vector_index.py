@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from kshot.errors import KshotError
-from kshot.index.vector_index import KINDS, IndexSpec, VectorIndex, ivfpq_layout
+from kshot.index import vector_index
+from kshot.index.vector_index import (
+    KINDS,
+    IndexSpec,
+    VectorIndex,
+    ivfpq_layout,
+    ivfpq_training_sample,
+)
 
 DIM = 32
 TRAIN = 300  # ivfpq: at least 256 points for 8-bit PQ codebooks
@@ -234,21 +241,65 @@ def test_index_spec_round_trip():
 
 
 @pytest.mark.parametrize("dim", [8, 12, 32, 64, 100, 1280, 1536, 2048, 97])
-@pytest.mark.parametrize("count", [300, 9984, 1_000_000])
+@pytest.mark.parametrize("count", [300, 9984, 1_000_000, 10_000_000])
 def test_ivfpq_layout(dim, count):
     lists, subquantizers = ivfpq_layout(dim, count)
     assert dim % subquantizers == 0
-    assert dim // subquantizers >= 8 or subquantizers == 1
-    # the largest such divisor: finest codes that still have 8+ dimensions per byte
-    assert not [m for m in range(subquantizers + 1, dim // 8 + 1) if dim % m == 0]
+    assert dim // subquantizers >= 4 or subquantizers == 1
+    # the largest such divisor: finest codes that still have 4+ dimensions per byte
+    assert not [m for m in range(subquantizers + 1, dim // 4 + 1) if dim % m == 0]
     assert 1 <= lists <= max(1, count // 39)
     assert lists <= 4 * count**0.5
+    assert lists <= vector_index.MAX_LISTS
 
 
 def test_ivfpq_layout_examples():
-    assert ivfpq_layout(64, 9984) == (256, 8)
-    assert ivfpq_layout(1280, 1_000_000) == (4000, 160)
-    assert ivfpq_layout(100, 300) == (7, 10)
+    assert ivfpq_layout(64, 9984) == (256, 16)
+    assert ivfpq_layout(1280, 1_000_000) == (4000, 320)
+    assert ivfpq_layout(100, 300) == (7, 25)
+    assert ivfpq_layout(128, 10_000_000) == (4096, 32)  # 4*sqrt(n) would be 12,649
+
+
+def test_ivfpq_training_sample_is_capped_fixed_and_in_storage_order():
+    rows = 100_000
+    vectors = np.repeat(np.arange(rows, dtype=np.float32)[:, None], 4, axis=1)  # row i is i
+    assert len(ivfpq_training_sample(vectors, 2000)) == rows  # under 64 x 2000: all of them
+    sample = ivfpq_training_sample(vectors, 100)
+    assert sample.shape == (vector_index.PQ_TRAIN_POINTS, 4)  # never fewer than PQ's 65,536
+    assert sample.dtype == np.float32 and sample.flags["C_CONTIGUOUS"]
+    drawn = sample[:, 0].astype(np.int64)
+    assert (np.diff(drawn) > 0).all()  # distinct rows, in storage order
+    assert np.array_equal(sample, vectors[drawn])
+    assert np.array_equal(sample, ivfpq_training_sample(vectors, 100))  # a fixed seed
+    assert not np.array_equal(sample, ivfpq_training_sample(vectors, 100, seed=1))
+    more = ivfpq_training_sample(vectors, 1500)
+    assert len(more) == vector_index.TRAIN_POINTS_PER_LIST * 1500
+
+
+def test_ivfpq_trains_on_the_sample_and_holds_every_vector(monkeypatch):
+    import faiss
+
+    monkeypatch.setattr(vector_index, "TRAIN_POINTS_PER_LIST", 1)
+    monkeypatch.setattr(vector_index, "PQ_TRAIN_POINTS", TRAIN)
+    trained_on = []
+    train = faiss.IndexIVFPQ.train
+
+    def recording(self, x):
+        trained_on.append(len(x))
+        return train(self, x)
+
+    monkeypatch.setattr(faiss.IndexIVFPQ, "train", recording)
+    n = 2 * TRAIN
+    index = VectorIndex(DIM, IndexSpec(kind="ivfpq", ivf_train_size=n, use_gpu=False))
+    vectors = unit_vectors(n, seed=4)
+    index.add(vectors, np.arange(n))
+    assert index.trained_kind == "ivfpq"
+    assert trained_on == [TRAIN]  # max(1 x lists, TRAIN) of the 600
+    assert len(index) == n and sorted(index.ids().tolist()) == list(range(n))
+    by_id = dict(enumerate(vectors))
+    index.exact_vectors = lambda found: (found, np.stack([by_id[int(i)] for i in found]))
+    _, found = index.search(vectors[:50], 1)
+    assert (found[:, 0] == np.arange(50)).mean() > 0.9
 
 
 def test_small_ivf_train_size_is_refused_or_works():

@@ -24,21 +24,68 @@ from kshot.index.gpu import to_gpu
 from kshot.index.header import read_header, write_header
 from kshot.index.spec import KINDS, IndexSpec
 
-__all__ = ["KINDS", "IndexSpec", "VectorIndex", "ivfpq_layout"]
+__all__ = [
+    "KINDS",
+    "IndexSpec",
+    "VectorIndex",
+    "ivfpq_layout",
+    "ivfpq_training_sample",
+    "trained_ivfpq",
+]
 
 
-RERANK_FACTOR = 20  # ivfpq candidates re-ranked exactly per neighbour asked for
+# ivfpq candidates re-ranked exactly per neighbour asked for. 50, not 20: at 10^7 PlantVillage
+# windows (PQ32, 4,096 lists, nprobe 64) recall@10 was 0.90 with 200 candidates, 0.97 with 500
+# (benchmarks/scale.py --index-sizes; BENCHMARKS.md).
+RERANK_FACTOR = 50
+# Inverted lists at most: each one costs every added vector 2 * dim flops to be assigned, and
+# k-means grows with lists times its sample (TRAIN_POINTS_PER_LIST a list). 4,096 lists at 10^7
+# vectors: trained in 46 s, filled in 191 s on one shared core, queries in 3 ms (BENCHMARKS.md);
+# 4*sqrt(n) would be 12,649 lists there: about 3x as long to fill, 9x to train (not measured).
+MAX_LISTS = 4096
+# k-means trains on at most this many points per list (FAISS asks 39 to 256), drawn with a fixed
+# seed; never fewer than PQ_TRAIN_POINTS, FAISS's sample for 8-bit PQ codebooks (256 x 256).
+TRAIN_POINTS_PER_LIST = 64
+PQ_TRAIN_POINTS = 256 * 256
+# Dimensions per one-byte PQ sub-quantiser, at least. 4, not 8: at 10^7 vectors 8 (PQ16 for 128
+# dimensions) ranked so coarsely that recall@10 stayed at 0.85 with 1,000 candidates re-ranked,
+# where 4 (PQ32) gives 0.98 (BENCHMARKS.md).
+PQ_MIN_DIMS = 4
 
 
 def ivfpq_layout(dim: int, count: int) -> tuple[int, int]:
     """(inverted lists, PQ sub-quantisers) for ``count`` training vectors of ``dim``.
 
-    About 4*sqrt(n) lists with at least 39 training points each (FAISS's k-means minimum), and
-    sub-quantisers of 8 dimensions or more (one byte each).
+    About 4*sqrt(n) lists, at most ``MAX_LISTS``, with at least 39 training points each (FAISS's
+    k-means minimum), and as many sub-quantisers as divide ``dim`` into ``PQ_MIN_DIMS``
+    dimensions or more (one byte each).
     """
-    lists = max(1, min(int(4 * math.sqrt(count)), count // 39))
-    subquantizers = max((m for m in range(1, dim // 8 + 1) if dim % m == 0), default=1)
-    return lists, subquantizers
+    lists = max(1, min(int(4 * math.sqrt(count)), count // 39, MAX_LISTS))
+    fits = [m for m in range(1, dim // PQ_MIN_DIMS + 1) if dim % m == 0]
+    return lists, max(fits, default=1)
+
+
+def ivfpq_training_sample(vectors: np.ndarray, lists: int, seed: int = 0) -> np.ndarray:
+    """The vectors an IVF-PQ index of ``lists`` lists trains on: all of ``vectors`` up to
+    ``max(TRAIN_POINTS_PER_LIST * lists, PQ_TRAIN_POINTS)``, else that many drawn with ``seed``
+    (in storage order; ``vectors`` may be a memory map: only the drawn rows are read)."""
+    cap = max(TRAIN_POINTS_PER_LIST * lists, PQ_TRAIN_POINTS)
+    if len(vectors) <= cap:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), cap, replace=False))
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+
+def trained_ivfpq(dim: int, vectors: np.ndarray) -> faiss.IndexIVFPQ:
+    """An empty IVF-PQ index (inner product) laid out for ``len(vectors)`` vectors and trained
+    on a sample of them (:func:`ivfpq_training_sample`)."""
+    lists, subquantizers = ivfpq_layout(dim, len(vectors))
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFPQ(quantizer, dim, lists, subquantizers, 8, faiss.METRIC_INNER_PRODUCT)
+    index.own_fields = True
+    quantizer.this.disown()
+    index.train(ivfpq_training_sample(vectors, lists))
+    return index
 
 
 def _array(vectors) -> np.ndarray:
@@ -127,14 +174,7 @@ class VectorIndex:
         """Replace the exact index by an IVF-PQ index trained on, and holding, its vectors."""
         ids = self.ids()
         vectors = _array(self._index.index.reconstruct_n(0, len(ids)))
-        lists, subquantizers = ivfpq_layout(self.dim, len(ids))
-        quantizer = faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexIVFPQ(
-            quantizer, self.dim, lists, subquantizers, 8, faiss.METRIC_INNER_PRODUCT
-        )
-        index.own_fields = True
-        quantizer.this.disown()
-        index.train(vectors)
+        index = trained_ivfpq(self.dim, vectors)
         index.add_with_ids(vectors, ids)
         self._index = index
         self._apply_search_params()
