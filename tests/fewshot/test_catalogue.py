@@ -248,3 +248,14 @@ def test_the_count_kept_by_writes_is_the_rows_count(catalogue):
     catalogue.add([image("b", "s3", 3)])
     catalogue.remove_label("nothing")
     assert len(catalogue) == 2 == catalogue._query("SELECT COUNT(*) FROM images")[0][0]
+
+
+def test_in_chunks_gives_every_row_once_by_id(catalogue):
+    ids = catalogue.add([image("a", f"s{n}", n) for n in range(7)])
+    catalogue.remove_images(["s3"])
+    with catalogue.snapshot():
+        chunks = list(catalogue.in_chunks(2))
+    assert [len(chunk_ids) for chunk_ids, _ in chunks] == [2, 2, 2]
+    assert np.concatenate([c for c, _ in chunks]).tolist() == [i for i in ids if i != ids[3]]
+    expected = catalogue.entries().vectors
+    np.testing.assert_array_equal(np.concatenate([v for _, v in chunks]), expected)

@@ -227,7 +227,9 @@ def test_a_flat_index_chosen_explicitly_stays_flat(tmp_path, conv4_embedder, pho
     assert Library.open(tmp_path / "lib", device="cpu").manifest.index.kind == "flat"
 
 
-def test_compact_retrains_a_grown_ivfpq_index_on_all_its_vectors(tmp_path, conv4_embedder):
+def test_compact_retrains_a_grown_ivfpq_index_on_all_its_vectors(
+    tmp_path, conv4_embedder, monkeypatch
+):
     import faiss
 
     from kshot.fewshot.catalogue import NewImage
@@ -248,7 +250,9 @@ def test_compact_retrains_a_grown_ivfpq_index_on_all_its_vectors(tmp_path, conv4
     add(range(300))
     add(range(300, 1500))
     assert lists() == ivfpq_layout(64, 300)[0]  # trained once, on the first 300
+    monkeypatch.setattr(index_cache, "REBUILD_CHUNK", 400)  # the catalogue read in 4 pieces
     lib.compact()
     assert lists() == ivfpq_layout(64, 1500)[0]
     assert lib.index.exact_vectors is not None  # it still re-ranks by the catalogue's vectors
+    assert sorted(lib.index.ids()) == lib.catalogue.ids().tolist()
     assert_consistent(tmp_path / "lib")

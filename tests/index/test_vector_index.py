@@ -339,3 +339,23 @@ def test_ivfpq_trains_after_faiss_torch_utils_is_imported():
         [sys.executable, "-c", TRAIN_AFTER_TORCH_UTILS], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("kind, n", [("flat", 120), ("hnsw", 120), ("ivfpq", 120), ("ivfpq", 900)])
+def test_an_index_built_in_chunks_is_the_index_built_at_once(kind, n):
+    at_once, vectors, ids = filled(kind, n=n)
+    by_id = dict(zip(ids.tolist(), vectors, strict=True))
+    asked: list[np.ndarray] = []
+
+    def sample(wanted: np.ndarray) -> np.ndarray:
+        asked.append(wanted)
+        return np.stack([by_id[int(i)] for i in wanted])
+
+    chunks = ((ids[s : s + 100], vectors[s : s + 100]) for s in range(0, n, 100))
+    built = VectorIndex.built(DIM, spec_for(kind), ids, chunks, sample)
+    assert built.trained_kind == at_once.trained_kind
+    assert sorted(built.ids()) == ids.tolist()
+    queries = unit_vectors(10, seed=1)
+    for a, b in zip(built.search(queries, 5), at_once.search(queries, 5), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert bool(asked) == (kind == "ivfpq" and n >= TRAIN)  # only a trained index samples

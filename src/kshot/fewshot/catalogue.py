@@ -26,25 +26,9 @@ import numpy as np
 
 from kshot.errors import KshotError
 from kshot.fewshot import class_sums as kept_sums
+from kshot.fewshot.catalogue_tables import TABLES
 from kshot.fewshot.sqlite_failure import sqlite_failure
 
-_IMAGES = """
-CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    label TEXT NOT NULL,
-    source TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    enrolled_at TEXT NOT NULL,
-    vector BLOB NOT NULL,
-    UNIQUE (label, sha256)
-)"""
-_JOURNAL = (
-    _IMAGES,
-    "CREATE INDEX IF NOT EXISTS images_by_label ON images (label)",
-    "CREATE INDEX IF NOT EXISTS images_by_sha256 ON images (sha256)",
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS removed (seq INTEGER PRIMARY KEY AUTOINCREMENT, id INTEGER)",
-)
 # How long a command waits for another process's write transaction before giving up.
 BUSY_TIMEOUT_S = float(os.environ.get("KSHOT_BUSY_TIMEOUT", "30"))
 
@@ -140,7 +124,7 @@ class Catalogue:
             return
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            for statement in _JOURNAL:
+            for statement in TABLES:
                 self._db.execute(statement)
             # The image count, kept up by every write from the first on (COUNT(*) reads every
             # row: done once, in the first write of a library made before the count was kept).
@@ -328,10 +312,23 @@ class Catalogue:
             return int(top), 0
         return int(top), int(self._query("SELECT COALESCE(MAX(seq), 0) FROM removed")[0][0])
 
-    def added_after(self, last_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, vectors)`` of the images whose id is above ``last_id``."""
-        rows = self._query("SELECT id, vector FROM images WHERE id > ? ORDER BY id", (last_id,))
+    def added_after(self, last_id: int, limit: int = -1) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` of the images whose id is above ``last_id`` (the first ``limit``
+        of them, by id, if ``limit`` is not -1)."""
+        rows = self._query(
+            "SELECT id, vector FROM images WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)
+        )
         return np.array([r[0] for r in rows], np.int64), self._vectors([r[1] for r in rows])
+
+    def in_chunks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, vectors)`` of every image, ``size`` at a time, by id (call in a snapshot)."""
+        last = 0
+        while True:
+            ids, vectors = self.added_after(last, size)
+            if not len(ids):
+                return
+            yield ids, vectors
+            last = int(ids[-1])
 
     def removed_after(self, last_seq: int) -> np.ndarray:
         """Ids removed after the removal numbered ``last_seq``."""

@@ -24,6 +24,7 @@ from kshot.index.vector_index import VectorIndex
 log = logging.getLogger("kshot")
 
 FOLD_AFTER = 1000  # journal changes after which a writer saves the index again
+REBUILD_CHUNK = 100_000  # catalogue rows read at a time when the index is built from them
 
 
 @dataclass
@@ -111,10 +112,16 @@ class IndexCache:
         return IndexState(state.index, stamp, position, changes, saved)
 
     def _rebuilt(self, stamp: str) -> IndexState:
-        entries = self.catalogue.entries()
-        index = VectorIndex(self.manifest.embedding_dim, self.manifest.index)
-        index.add(entries.vectors, entries.ids)
-        position = self.catalogue.journal_position()
+        """The index built from the catalogue, read a chunk of rows at a time."""
+        with self.catalogue.snapshot():
+            index = VectorIndex.built(
+                self.manifest.embedding_dim,
+                self.manifest.index,
+                self.catalogue.ids(),
+                self.catalogue.in_chunks(REBUILD_CHUNK),
+                lambda ids: self.catalogue.vectors_of(ids)[1],
+            )
+            position = self.catalogue.journal_position()
         return IndexState(self._reranking(index), stamp, position, len(index), False)
 
     def _after_write(self) -> None:

@@ -12,7 +12,7 @@ either machine loads on the other.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import faiss
@@ -29,6 +29,7 @@ __all__ = [
     "IndexSpec",
     "VectorIndex",
     "ivfpq_layout",
+    "ivfpq_training_rows",
     "ivfpq_training_sample",
     "trained_ivfpq",
 ]
@@ -65,26 +66,36 @@ def ivfpq_layout(dim: int, count: int) -> tuple[int, int]:
     return lists, max(fits, default=1)
 
 
-def ivfpq_training_sample(vectors: np.ndarray, lists: int, seed: int = 0) -> np.ndarray:
-    """The vectors an IVF-PQ index of ``lists`` lists trains on: all of ``vectors`` up to
-    ``max(TRAIN_POINTS_PER_LIST * lists, PQ_TRAIN_POINTS)``, else that many drawn with ``seed``
-    (in storage order; ``vectors`` may be a memory map: only the drawn rows are read)."""
+def ivfpq_training_rows(count: int, lists: int, seed: int = 0) -> np.ndarray | None:
+    """Sorted positions of the vectors an IVF-PQ index of ``lists`` lists trains on, out of
+    ``count``: ``None`` (all of them) up to ``max(TRAIN_POINTS_PER_LIST * lists,
+    PQ_TRAIN_POINTS)``, else that many drawn with ``seed``."""
     cap = max(TRAIN_POINTS_PER_LIST * lists, PQ_TRAIN_POINTS)
-    if len(vectors) <= cap:
-        return np.ascontiguousarray(vectors, dtype=np.float32)
-    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), cap, replace=False))
-    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+    if count <= cap:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(count, cap, replace=False))
 
 
-def trained_ivfpq(dim: int, vectors: np.ndarray) -> faiss.IndexIVFPQ:
-    """An empty IVF-PQ index (inner product) laid out for ``len(vectors)`` vectors and trained
-    on a sample of them (:func:`ivfpq_training_sample`)."""
-    lists, subquantizers = ivfpq_layout(dim, len(vectors))
+def ivfpq_training_sample(vectors: np.ndarray, lists: int, seed: int = 0) -> np.ndarray:
+    """The vectors an IVF-PQ index of ``lists`` lists trains on (:func:`ivfpq_training_rows`;
+    ``vectors`` may be a memory map: only the drawn rows are read)."""
+    rows = ivfpq_training_rows(len(vectors), lists, seed)
+    chosen = vectors if rows is None else vectors[rows]
+    return np.ascontiguousarray(chosen, dtype=np.float32)
+
+
+def trained_ivfpq(
+    dim: int, vectors: np.ndarray, count: int | None = None, sampled: bool = False
+) -> faiss.IndexIVFPQ:
+    """An empty IVF-PQ index (inner product) laid out for ``count`` vectors (default:
+    ``len(vectors)``) and trained on a sample of ``vectors`` (:func:`ivfpq_training_sample`),
+    or on ``vectors`` as they are when they already are that sample (``sampled``)."""
+    lists, subquantizers = ivfpq_layout(dim, len(vectors) if count is None else count)
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFPQ(quantizer, dim, lists, subquantizers, 8, faiss.METRIC_INNER_PRODUCT)
     index.own_fields = True
     quantizer.this.disown()
-    index.train(ivfpq_training_sample(vectors, lists))
+    index.train(vectors if sampled else ivfpq_training_sample(vectors, lists))
     return index
 
 
@@ -117,6 +128,30 @@ class VectorIndex:
         # candidates by them (the library reads them from the catalogue, on disk).
         self.exact_vectors: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
         self._apply_search_params()
+
+    @classmethod
+    def built(
+        cls,
+        dim: int,
+        spec: IndexSpec,
+        ids: np.ndarray,
+        chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+        sample: Callable[[np.ndarray], np.ndarray],
+    ) -> VectorIndex:
+        """The index of the vectors stored under ``ids (n,)`` (ascending), added as ``chunks``
+        yields them, ``(ids, vectors)`` in that order: never all in memory at once beyond what
+        the index holds (at 10^7 a library's rows read at once took more than the machine had).
+        An ivfpq index of ``ivf_train_size`` vectors or more is trained first, on the sample
+        :func:`ivfpq_training_rows` picks, its vectors read by ``sample(ids) -> (m, dim)``."""
+        index = cls(dim, spec)
+        if spec.kind == "ivfpq" and len(ids) >= spec.ivf_train_size:
+            rows = ivfpq_training_rows(len(ids), ivfpq_layout(dim, len(ids))[0])
+            trained = sample(ids if rows is None else ids[rows])
+            index._index = trained_ivfpq(dim, trained, count=len(ids), sampled=True)
+            index._apply_search_params()
+        for part_ids, vectors in chunks:
+            index.add(vectors, part_ids)
+        return index
 
     def _empty(self) -> faiss.Index:
         if self.spec.kind == "hnsw":
