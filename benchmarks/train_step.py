@@ -1,7 +1,7 @@
 """kshot's training step against a bare PyTorch loop: same model, loss, miner and batch.
 
 The bare loop is what one writes by hand: forward, mine, loss, zero_grad, backward, step of
-the model's and the loss's optimisers. kshot's is ``kshot.embedder.training.Stepper`` around
+the model's and the loss's optimisers. kshot's is ``kshot.embedder.step.Stepper`` around
 ``LossModel``, as ``train_embedder`` runs it. The two alternate in rounds (so drift in machine
 speed hits both alike), from the same starting weights; the figure is the median step time.
 A third row times kshot's whole epoch loop per step: the class-balanced sampler and the
@@ -23,12 +23,14 @@ import time
 import torch
 
 from kshot.embedder.augment import AugmentConfig, build_augment
+from kshot.embedder.batches import epoch_loader
 from kshot.embedder.distributed import Distributed
 from kshot.embedder.losses import build_loss
 from kshot.embedder.model import EmbedderConfig, build_embedder
 from kshot.embedder.optim import build_optimizer
+from kshot.embedder.recipe import TrainConfig
 from kshot.embedder.runtime import tune_allocator
-from kshot.embedder.training import LossModel, Stepper, TrainConfig, _loader
+from kshot.embedder.step import LossModel, Stepper
 from kshot.embedder.trainset import AugmentedImages, ImageSet
 
 
@@ -83,7 +85,7 @@ def measure(backbone: str, loss_name: str, batch: int, rounds: int, steps: int) 
         for _ in range(steps):
             stepper(x, y).item()
         times["kshot_step"].append((time.perf_counter() - start) / steps)
-        loader = iter(_loader(dataset, images.labels, config, Distributed()))
+        loader = iter(epoch_loader(dataset, images.labels, config, Distributed()))
         start = time.perf_counter()
         for _ in range(steps):
             inputs, labels = next(loader)

@@ -12,18 +12,16 @@ import torch.nn.functional as F
 
 from kshot.embedder.augment import AugmentConfig
 from kshot.embedder.backbones import get_backbone
-from kshot.embedder.distributed import Distributed
 from kshot.embedder.inference import backbone_features
 from kshot.embedder.losses import LOSSES
 from kshot.embedder.model import EmbedderConfig, build_embedder
 from kshot.embedder.preprocess import PreprocessConfig
+from kshot.embedder.step import LossModel
 from kshot.embedder.training import (
-    LossModel,
     Observer,
     Stage,
     TrainConfig,
     _class_weights,
-    _loader,
     plan_stages,
     train_embedder,
 )
@@ -502,17 +500,6 @@ def test_class_weights_are_inverse_frequencies_averaging_one():
 def test_a_class_absent_from_the_labels_gets_weight_zero():
     weights = _class_weights(torch.tensor([0, 0, 2, 2]))
     assert weights[1] == 0 and weights[0] == weights[2] == pytest.approx(1.0)
-
-
-def test_balanced_batches_hold_m_images_of_each_class():
-    labels = torch.arange(5).repeat_interleave(6)  # 5 classes x 6
-    dataset = torch.utils.data.TensorDataset(torch.arange(30), labels)
-    config = recipe(batch_size=8, samples_per_class=2)
-    batches = [batch_labels for _, batch_labels in _loader(dataset, labels, config, Distributed())]
-    assert len(batches) == 30 // 8
-    for batch_labels in batches:
-        counts = torch.bincount(batch_labels, minlength=5)
-        assert sorted(counts.tolist()) == [0, 2, 2, 2, 2]
 
 
 # --- what picks the epoch; keeping the pretrained features --------------------------------------

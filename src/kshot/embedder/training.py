@@ -26,21 +26,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pytorch_metric_learning.reducers import ClassWeightedReducer
-from pytorch_metric_learning.samplers import MPerClassSampler
 from pytorch_metric_learning.utils import common_functions
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import TensorDataset
 
 from kshot.embedder.augment import AugmentConfig, build_augment
+from kshot.embedder.batches import epoch_loader
 from kshot.embedder.distributed import Distributed
-from kshot.embedder.episodic_sampler import (
-    EpisodicBatchSampler,
-    episode_classes,
-    warn_about_small_classes,
-)
+from kshot.embedder.episodic_sampler import episode_classes, warn_about_small_classes
 from kshot.embedder.freezing import freeze_backbone, set_train_mode, trainable_parameters
 from kshot.embedder.inference import backbone_features
 from kshot.embedder.losses import build_loss
@@ -48,6 +43,7 @@ from kshot.embedder.model import Embedder
 from kshot.embedder.optim import build_optimizer, build_schedule, step_schedule
 from kshot.embedder.recipe import TrainConfig
 from kshot.embedder.runtime import tune_allocator
+from kshot.embedder.step import LossModel, Stepper, _FromFeatures
 from kshot.embedder.trainset import AugmentedImages, ImageSet, with_rotation_classes
 from kshot.errors import KshotError
 
@@ -129,104 +125,11 @@ def seed_everything(seed: int) -> None:
     common_functions.NUMPY_RANDOM = np.random.RandomState(seed)  # pml's samplers and miners
 
 
-class LossModel(nn.Module):
-    """``(inputs, labels) -> loss``: the network, the miner and the loss as one module, so that
-    DistributedDataParallel sees every trained parameter (the loss's class weights too).
-
-    With an ``anchor`` (the frozen pretrained backbone, in eval mode) and a ``distill`` weight,
-    the loss adds ``distill * (1 - cosine)`` between the trained backbone's features and the
-    anchor's on the same images: a Learning-without-Forgetting-style penalty (Li and Hoiem
-    2016, on features rather than outputs) that keeps the features new classes rely on from
-    drifting far. Written by hand: pml's losses compare embeddings of one network only."""
-
-    def __init__(
-        self,
-        net: nn.Module,
-        loss: nn.Module,
-        miner: nn.Module | None,
-        anchor: nn.Module | None = None,
-        distill: float = 0.0,
-    ):
-        super().__init__()
-        self.net, self.loss, self.miner = net, loss, miner
-        self.anchor, self.distill = anchor, distill
-
-    def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.anchor is None:
-            embeddings, penalty = self.net(inputs), 0.0
-        else:
-            features = self.net.backbone(inputs)
-            embeddings = self.net.embed_features(features)
-            with torch.no_grad():
-                reference = self.anchor(inputs)
-            drift = 1 - F.cosine_similarity(features.float(), reference.float(), dim=1)
-            penalty = self.distill * drift.mean()
-        pairs = self.miner(embeddings, labels) if self.miner is not None else None
-        return self.loss(embeddings, labels, pairs) + penalty
-
-
-class _FromFeatures(nn.Module):
-    """The embedder past its backbone: trains on features computed beforehand."""
-
-    def __init__(self, embedder: Embedder):
-        super().__init__()
-        self.embedder = embedder
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.embedder.embed_features(features)
-
-
-class Stepper:
-    """One optimisation step: forward, loss, backward, every optimiser (with a gradient scaler
-    under float16 autocast on CUDA). ``benchmarks/train_step.py`` times it against a bare loop."""
-
-    def __init__(self, model: nn.Module, optimizers: list, device: torch.device, amp: bool):
-        self.model, self.optimizers, self.device = model, optimizers, device
-        self.amp = amp and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
-
-    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        inputs = inputs.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            loss = self.model(inputs, labels)
-        for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        for optimizer in self.optimizers:
-            self.scaler.step(optimizer)
-        self.scaler.update()
-        return loss.detach()
-
-
 def _class_codes(images: ImageSet, rotation_classes: bool) -> ImageSet:
     """Labels recoded 0..C-1: the angular losses index their class weights by them."""
     codes = torch.as_tensor(np.unique(images.labels.numpy(), return_inverse=True)[1].reshape(-1))
     images = ImageSet(images.pixels, codes)
     return with_rotation_classes(images) if rotation_classes else images
-
-
-def _loader(dataset, labels: torch.Tensor, config: TrainConfig, world: Distributed) -> DataLoader:
-    """An epoch of about ``len(labels)`` images over all processes (at least one batch each):
-    episodes for ``protonet``, else class-balanced or shuffled batches."""
-    classes = len(torch.unique(labels))
-    m = config.samples_per_class
-    per_rank = len(labels) // world.world_size
-    if config.loss == "protonet":
-        size = config.ways * (config.shots + config.queries)
-        seed = int(np.random.randint(2**31 - 1))  # drawn from the epoch's seed
-        episodes = EpisodicBatchSampler(
-            labels, config.ways, config.shots, config.queries, max(1, per_rank // size), seed
-        )
-        return DataLoader(dataset, batch_sampler=episodes)
-    if config.balanced_batches:
-        batch = max(m, min(config.batch_size, m * classes) // m * m)
-        length = max(per_rank, batch)
-        sampler = MPerClassSampler(labels, m, batch_size=batch, length_before_new_iter=length)
-    else:
-        batch = min(config.batch_size, len(labels))
-        sampler = RandomSampler(dataset, num_samples=max(per_rank, batch))
-    return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True)
 
 
 def _class_weights(labels: torch.Tensor) -> torch.Tensor:
@@ -398,7 +301,7 @@ class _Run:
         for stage_epoch in range(self.stage_epoch + 1, stage.epochs + 1):
             epoch = len(self.history) + 1
             seed_everything(_epoch_seed(config.seed, epoch, world.rank))
-            loader = _loader(dataset, self.images.labels, config, world)
+            loader = epoch_loader(dataset, self.images.labels, config, world)
             set_train_mode(self.embedder, frozen)
             self.observer.epoch_started(stage.name, epoch, len(loader))
             start, total, steps = time.perf_counter(), torch.zeros((), device=self.device), 0
