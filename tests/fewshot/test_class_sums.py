@@ -5,6 +5,7 @@ import sqlite3
 import numpy as np
 import pytest
 
+from kshot.fewshot import class_sums as kept_sums
 from kshot.fewshot.catalogue import Catalogue, NewImage
 
 DIM = 8
@@ -82,3 +83,21 @@ def test_the_decision_sample_is_the_smallest_hashes_of_each_class(catalogue):
     (new,) = catalogue.add([NewImage("a", "/x.jpg", "0" * 64, image("a", 31).vector)])
     assert new in catalogue.decision_sample(3).tolist()  # the smallest hash enters it
     assert len(catalogue.decision_sample(100)) == len(catalogue)
+
+
+def test_a_sample_is_redrawn_only_for_the_classes_whose_mark_moved():
+    counts, sums = np.array([2, 3]), np.arange(2 * DIM, dtype=np.float64).reshape(2, DIM)
+    before = kept_sums.marks(counts, sums)
+    sample = kept_sums.DecisionSample(np.array([1, 2, 5, 7]), np.array([0, 1, 0, 1]), before)
+    asked: list[list[int]] = []
+
+    def sample_of(codes):
+        asked.append(codes)
+        return np.array([2, 7]) if codes == [1] else np.array([2, 8])
+
+    assert sample.still_drawn(before, sample_of) and asked == []  # nothing moved: nothing read
+    moved = kept_sums.marks(np.array([2, 4]), sums)  # class 1 grew
+    assert moved[0] == before[0] and moved[1] != before[1]
+    assert sample.still_drawn(moved, sample_of) and asked == [[1]]
+    assert not sample.still_drawn(moved, lambda codes: np.array([2, 8]))  # its sample changed
+    assert not sample.still_drawn(moved[:1], sample_of)  # a class fewer

@@ -266,13 +266,14 @@ class Catalogue:
         np.add.at(sums, codes, entries.vectors.astype(np.float64))
         return labels.tolist(), np.bincount(codes, minlength=len(labels)), sums
 
-    def decision_sample(self, cap: int) -> np.ndarray:
-        """Sorted ids of at most ``cap`` images of each class, those of smallest SHA-256: the
-        fixed sample a library's decision is fitted on (:mod:`kshot.fewshot.class_sums`)."""
+    def decision_sample(self, cap: int, labels: list[str] | None = None) -> np.ndarray:
+        """Sorted ids of at most ``cap`` images of each class (of ``labels`` only, if given),
+        those of smallest SHA-256: the fixed sample a library's decision is fitted on
+        (:mod:`kshot.fewshot.class_sums`)."""
         with self.snapshot():
-            if kept_sums.ready(self._read):
+            if labels is None and kept_sums.ready(self._read):
                 labels = kept_sums.read(self._read, self.dim)[0]
-            else:
+            elif labels is None:
                 labels = [row[0] for row in self._query("SELECT DISTINCT label FROM images")]
             return kept_sums.sample_ids(self._read, labels, cap)
 

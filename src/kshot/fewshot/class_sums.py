@@ -12,8 +12,10 @@ was (it enters only when its hash is among the class's ``cap`` smallest).
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -100,3 +102,36 @@ def sample_ids(execute: Execute, labels: list[str], cap: int) -> np.ndarray:
         ).fetchall()
         ids += [row[0] for row in rows]
     return np.array(sorted(ids), dtype=np.int64)
+
+
+def marks(counts: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """``(C,)`` uint64: a mark of each class's contents, its count and sum: while a class's mark
+    stays, so do its images, and so its sample."""
+    rows = np.ascontiguousarray(sums, dtype=np.float64)
+    return np.array([_mark(int(n), row) for n, row in zip(counts, rows, strict=True)], np.uint64)
+
+
+def _mark(count: int, total: np.ndarray) -> int:
+    digest = hashlib.sha256(count.to_bytes(8, "little") + total.tobytes()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+@dataclass(frozen=True)
+class DecisionSample:
+    """The images a decision was fitted on: ``ids (S,)`` ascending, the class of each as
+    ``codes (S,)`` (indices into the sorted labels), and the ``marks (C,)`` of the classes then."""
+
+    ids: np.ndarray
+    codes: np.ndarray
+    marks: np.ndarray
+
+    def still_drawn(self, now: np.ndarray, sample_of: Callable[[list[int]], np.ndarray]) -> bool:
+        """Whether the sample is still what would be drawn, the classes' marks being ``now``:
+        only classes whose mark moved are read again, by ``sample_of(codes) -> sorted ids``."""
+        if len(now) != len(self.marks):
+            return False
+        changed = np.flatnonzero(now != self.marks)
+        if not len(changed):
+            return True
+        kept = np.sort(self.ids[np.isin(self.codes, changed)])
+        return np.array_equal(kept, sample_of(changed.tolist()))

@@ -20,6 +20,7 @@ import numpy as np
 from kshot.atomic import atomic_path
 from kshot.errors import KshotError
 from kshot.fewshot.calibration import Calibration, calibrate
+from kshot.fewshot.class_sums import DecisionSample
 from kshot.fewshot.rules import RULES, DecisionRule, make_rule
 from kshot.fewshot.rules.prototype import PrototypeRule
 
@@ -71,7 +72,7 @@ class Decider:
     prototypes: np.ndarray | None = None
     # Which images it was fitted on, when a library fitted it on a sample of its own
     # (kshot.fewshot.class_sums): while the sample stays, so do the rule and its calibration.
-    sample: str = ""
+    sample: DecisionSample | None = None
 
     @classmethod
     def fit(
@@ -81,12 +82,12 @@ class Decider:
         labels: Sequence[str],
         calibrated: bool = True,
         prototypes: np.ndarray | None = None,
-        sample: str = "",
+        sample: DecisionSample | None = None,
     ) -> Decider:
         """Fit on enrolled ``vectors (N, D)`` and ``labels (N,)``; ``calibrated=False`` skips the
         cross-validated calibration (the confidence then uses scale 1 and no threshold).
         ``prototypes (C, D)``, given, are those of every image of each class, of which
-        ``vectors`` are a sample named ``sample``; else they are the means of ``vectors``."""
+        ``vectors`` are the ``sample``; else they are the means of ``vectors``."""
         mean = vectors.mean(axis=0) if settings.centre == "library" else None
         shifted = centred(vectors, mean)
         rule = settings.make_rule().fit(shifted, labels)
@@ -124,13 +125,14 @@ class Decider:
             "stamp": stamp,
             "settings": asdict(self.settings),
             "calibration": asdict(self.calibration),
-            "sample": self.sample,
         }
         arrays = {f"rule.{k}": v for k, v in self.rule.state().items()}
         if self.mean is not None:
             arrays["mean"] = self.mean
         if self.prototypes is not None:
             arrays["prototypes"] = self.prototypes
+        if self.sample is not None:
+            arrays |= {f"sample.{k}": v for k, v in vars(self.sample).items()}
         with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, header=np.array(json.dumps(header)), **arrays)
 
@@ -146,11 +148,14 @@ class Decider:
                 state = {k[5:]: data[k] for k in data.files if k.startswith("rule.")}
                 mean = data["mean"] if "mean" in data.files else None
                 prototypes = data["prototypes"] if "prototypes" in data.files else None
+                sample = None
+                if "sample.ids" in data.files:
+                    parts = {k: data[f"sample.{k}"] for k in ("ids", "codes", "marks")}
+                    sample = DecisionSample(**parts)
             rule = RULES[settings.method].from_state(state, **_options(settings))
             calibration = Calibration(**header["calibration"])
         except (OSError, ValueError, KeyError, TypeError, KshotError) as exc:
             raise KshotError(f"{path}: damaged decision file ({exc})") from None
-        sample = str(header.get("sample", ""))
         return cls(settings, rule, calibration, mean, prototypes, sample), header["stamp"]
 
 

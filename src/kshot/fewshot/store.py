@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kshot.errors import KshotError, StorageError
+from kshot.fewshot import class_sums
 from kshot.fewshot.catalogue import Catalogue, Removed
 from kshot.fewshot.decider import Decider, DecisionSettings
 from kshot.index.spec import IndexSpec
@@ -225,24 +225,29 @@ class LibraryStore:
     def _current_decider(self, settings: DecisionSettings, saved: Decider | None) -> Decider | None:
         """The decision for the catalogue as it is: fitted on each class's fixed sample of at
         most ``DECISION_SAMPLE`` images, with every image's prototypes from the kept sums. When
-        ``saved`` was fitted on the same sample, its rule and calibration stand and only the
-        prototypes are brought up to date: no fit (the usual case after an enrollment into a
-        large class, see :mod:`kshot.fewshot.class_sums`)."""
-        ids = self.catalogue.decision_sample(DECISION_SAMPLE)
-        if len(ids) == 0:
+        ``saved`` was fitted on the sample that would be drawn now, its rule and calibration
+        stand and only the prototypes move: no fit, and only the classes that changed are read
+        (the usual case after an enrollment into a large class: kshot.fewshot.class_sums)."""
+        labels, counts, sums = self.catalogue.class_sums()
+        if not labels:
             return None
-        labels, _, sums = self.catalogue.class_sums()
         prototypes = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-        sample = hashlib.sha256(ids.tobytes()).hexdigest()
-        if saved is not None and (saved.settings, saved.sample, saved.classes) == (
-            settings,
-            sample,
-            labels,
-        ):
-            return dataclasses.replace(saved, prototypes=prototypes)
+        marks = class_sums.marks(counts, sums)
+        if saved is not None and saved.sample is not None:
+            same = (saved.settings, saved.classes) == (settings, labels)
+
+            def redraw(codes: list[int]) -> np.ndarray:
+                return self.catalogue.decision_sample(DECISION_SAMPLE, [labels[c] for c in codes])
+
+            if same and saved.sample.still_drawn(marks, redraw):
+                sample = dataclasses.replace(saved.sample, marks=marks)
+                return dataclasses.replace(saved, prototypes=prototypes, sample=sample)
+        ids = self.catalogue.decision_sample(DECISION_SAMPLE)
         found = self.catalogue.labels_of(ids)
         ids, vectors = self.catalogue.vectors_of(ids)
         chosen = [found[int(i)] for i in ids]
+        codes = np.searchsorted(np.asarray(labels), np.asarray(chosen))
+        sample = class_sums.DecisionSample(ids, codes, marks)
         return Decider.fit(settings, vectors, chosen, prototypes=prototypes, sample=sample)
 
     def entries(self):
