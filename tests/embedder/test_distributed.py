@@ -3,10 +3,6 @@ CPU training one epoch under ``torchrun``."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -14,8 +10,7 @@ import torch.distributed as dist
 from kshot.embedder.checkpoint import load_checkpoint
 from kshot.embedder.distributed import Distributed, start_from_env, stop
 from tests.cli.conftest import PATTERNS, make_image
-
-TORCHRUN_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+from tests.torchrun import TORCHRUN_VARIABLES, torchrun_kshot
 
 
 def test_without_torchrun_the_context_is_one_process(monkeypatch):
@@ -54,19 +49,26 @@ def test_two_gloo_processes_train_an_epoch(tmp_path):
         for i in range(6):
             make_image(data / name / f"{i}.png", name, i)
     model = tmp_path / "model.kshot"
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
-    env |= {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node", "2", "-m", "kshot", "train", data, "--out", model]
-    command += ["--backbone", "conv4", "--head-epochs", "0", "--image-size", "32", "--epochs", "1"]
-    command += ["--batch-size", "8", "--holdout-classes", "0", "--device", "cpu"]
-    done = subprocess.run(
-        [str(part) for part in command],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = torchrun_kshot(
+        tmp_path,
+        "train",
+        data,
+        "--out",
+        model,
+        "--backbone",
+        "conv4",
+        "--head-epochs",
+        "0",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--holdout-classes",
+        "0",
+        "--device",
+        "cpu",
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output

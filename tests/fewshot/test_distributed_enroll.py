@@ -4,12 +4,10 @@ enrolling a folder as one process does."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +33,8 @@ from kshot.fewshot.library import CATALOGUE, Library, bound_embedder
 from kshot.fewshot.store import LibraryStore
 from kshot.index.vector_index import IndexSpec
 from tests.cli.conftest import PATTERNS, Kshot, make_image
+from tests.torchrun import TORCHRUN_VARIABLES, torchrun_kshot
 
-TORCHRUN_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 CPU = torch.device("cpu")
 
 
@@ -219,18 +217,7 @@ def test_the_main_process_tells_the_others_how_it_ended(outcome, code):
 
 
 def torchrun_enroll(tmp_path: Path, library: Path, data: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
-    env |= {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node", "2", "-m", "kshot", "enroll", library, data, "--device", "cpu"]
-    return subprocess.run(
-        [str(part) for part in command],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return torchrun_kshot(tmp_path, "enroll", library, data, "--device", "cpu")
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
