@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,25 +39,18 @@ def ready(execute: Execute) -> bool:
 
 
 def start(execute: Execute, dim: int) -> None:
-    """Fill the sums from every row, once, inside a write transaction."""
+    """Fill the sums from every row, once, inside a write transaction (a class at a time)."""
     execute(TABLE)
     if ready(execute):
         return
     execute("DELETE FROM class_sums")
-    rows = execute("SELECT label, vector FROM images ORDER BY label").fetchall()
-    for label, blobs in _runs(rows):
-        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(-1, dim)
-        change(execute, label, len(vectors), vectors.sum(axis=0, dtype=np.float64))
+    labels = [row[0] for row in execute("SELECT DISTINCT label FROM images").fetchall()]
+    for label in labels:
+        rows = execute("SELECT vector FROM images WHERE label = ?", (label,)).fetchall()
+        vectors = np.frombuffer(b"".join(row[0] for row in rows), dtype=np.float32)
+        total = vectors.reshape(-1, dim).sum(axis=0, dtype=np.float64)
+        change(execute, label, len(rows), total)
     execute("INSERT INTO meta (key, value) VALUES (?, '1')", (READY,))
-
-
-def _runs(rows: list[tuple[str, bytes]]) -> Iterable[tuple[str, list[bytes]]]:
-    """``(label, [vector blobs])`` for each run of one label in ``rows``."""
-    start_at = 0
-    for i in range(1, len(rows) + 1):
-        if i == len(rows) or rows[i][0] != rows[start_at][0]:
-            yield rows[start_at][0], [blob for _, blob in rows[start_at:i]]
-            start_at = i
 
 
 def change(execute: Execute, label: str, count: int, total: np.ndarray) -> None:
