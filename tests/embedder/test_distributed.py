@@ -49,27 +49,9 @@ def test_two_gloo_processes_train_an_epoch(tmp_path):
         for i in range(6):
             make_image(data / name / f"{i}.png", name, i)
     model = tmp_path / "model.kshot"
-    done = torchrun_kshot(
-        tmp_path,
-        "train",
-        data,
-        "--out",
-        model,
-        "--backbone",
-        "conv4",
-        "--head-epochs",
-        "0",
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--holdout-classes",
-        "0",
-        "--device",
-        "cpu",
-    )
+    options = "--backbone conv4 --head-epochs 0 --image-size 32 --epochs 1 --batch-size 8"
+    options += " --holdout-classes 0 --device cpu"
+    done = torchrun_kshot(tmp_path, "train", data, "--out", model, *options.split())
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     # Only the main process prints, validates and writes.
