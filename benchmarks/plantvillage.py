@@ -121,6 +121,7 @@ def train_and_score(args, loss: str, base: Path, new: list[Path], stage2: bool) 
         lookahead=args.lookahead,
         interpolate=args.interpolate,
         feature_distillation=args.feature_distillation,
+        layer_decay=args.layer_decay,
         augment=augment_config(args.augment),
         schedule=args.schedule,
         val_fraction=args.val_fraction,
@@ -169,6 +170,7 @@ def main() -> int:
     parser.add_argument("--lookahead", action="store_true")
     parser.add_argument("--interpolate", default=None, help="WiSE-FT: a weight or auto")
     parser.add_argument("--feature-distillation", type=float, default=0.0)
+    parser.add_argument("--layer-decay", type=float, default=1.0)
     parser.add_argument("--tag", default="", help="added to the model files' names")
     parser.add_argument(
         "--alphas", type=float, nargs="*", default=[], help="score WiSE-FT at these weights"

@@ -100,6 +100,14 @@ class TrainConfig:
         3e-4, RECIPE, "Learning rate of stage 2, where the backbone trains."
     )
     weight_decay: float | None = _option(None, RECIPE, "Default: 0 for adam, 0.01 for adamw.")
+    layer_decay: float = _option(
+        1.0,
+        KEEP,
+        "Stage 2: each backbone block learns at D x the rate of the block after it (the last "
+        "at --finetune-lr), so early blocks move least; 1: one rate for all.",
+        min=0.0,
+        max=1.0,
+    )
     schedule: str = _option("cosine", RECIPE, "Per stage.", choices=SCHEDULES)
     patience: int | None = _option(
         None,
@@ -170,6 +178,8 @@ class TrainConfig:
             raise KshotError(
                 f"--feature-distillation is a weight, at least 0, not {self.feature_distillation}"
             )
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise KshotError(f"--layer-decay takes a factor in (0, 1], not {self.layer_decay}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

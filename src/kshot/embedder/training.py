@@ -40,6 +40,7 @@ from kshot.embedder.freezing import freeze_backbone, set_train_mode, trainable_p
 from kshot.embedder.inference import backbone_features
 from kshot.embedder.losses import build_loss
 from kshot.embedder.model import Embedder
+from kshot.embedder.layer_decay import layer_decay_groups
 from kshot.embedder.optim import build_optimizer, build_schedule, step_schedule
 from kshot.embedder.recipe import TrainConfig
 from kshot.embedder.runtime import tune_allocator
@@ -259,8 +260,11 @@ class _Run:
         """One for the embedder's trainable weights, one for the loss's own (the class weights
         of the angular losses; pytorch-metric-learning has them optimised separately)."""
         config, optimizers = self.config, []
+        embedder_params = trainable_parameters(self.embedder)
+        if config.layer_decay != 1.0 and stage.trainable_blocks != 0 and embedder_params:
+            embedder_params = layer_decay_groups(self.embedder, stage.lr, config.layer_decay)
         for params, lr in (
-            (trainable_parameters(self.embedder), stage.lr),
+            (embedder_params, stage.lr),
             (trainable_parameters(self.loss_fn), config.lr),
         ):
             if params:
