@@ -22,13 +22,14 @@ LOOKAHEAD_ALPHA = 0.5
 
 def build_optimizer(
     name: str,
-    params: list[nn.Parameter],
+    params: list[nn.Parameter] | list[dict],
     lr: float,
     weight_decay: float | None,
     lookahead: bool = False,
 ) -> torch.optim.Optimizer:
     """Adam or AdamW, in Lookahead if ``lookahead``; ``weight_decay=None`` keeps torch's
-    default (0 for Adam, 0.01 for AdamW)."""
+    default (0 for Adam, 0.01 for AdamW). ``params``: parameters, or torch's parameter groups
+    (dicts with their own ``lr``, as ``--layer-decay`` makes)."""
     kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     if name not in kinds:
         raise KshotError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")

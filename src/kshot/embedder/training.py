@@ -38,9 +38,9 @@ from kshot.embedder.distributed import Distributed
 from kshot.embedder.episodic_sampler import episode_classes, warn_about_small_classes
 from kshot.embedder.freezing import freeze_backbone, set_train_mode, trainable_parameters
 from kshot.embedder.inference import backbone_features
+from kshot.embedder.layer_decay import layer_decay_groups
 from kshot.embedder.losses import build_loss
 from kshot.embedder.model import Embedder
-from kshot.embedder.layer_decay import layer_decay_groups
 from kshot.embedder.optim import build_optimizer, build_schedule, step_schedule
 from kshot.embedder.recipe import TrainConfig
 from kshot.embedder.runtime import tune_allocator
