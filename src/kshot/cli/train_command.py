@@ -66,7 +66,7 @@ def train(
     scale: Annotated[
         float | None,
         typer.Option(
-            help="The angular losses' and protonet's scale (default: 32; protonet 10).",
+            help="The angular losses' and protonet's scale (default: 32; protonet 64).",
             rich_help_panel=RECIPE,
         ),
     ] = None,
