@@ -51,7 +51,7 @@ from kshot.embedder.inference import embed_files
 from kshot.embedder.model import Embedder, EmbedderConfig, build_embedder
 from kshot.embedder.runtime import tune_allocator
 
-STUDENTS = ("efficientnet_lite0:128", "mobilenet_v2:128", "mobilenet_v2:160")
+STUDENTS = ("mobilenet_v2_multilevel:160", "efficientnet_lite0_multilevel:192")
 TARGET_KEEP = 0.95
 TARGET_TIME = 1 / 3
 METRICS = ("1shot", "5shot", "1shot_logreg", "5shot_logreg")
@@ -275,7 +275,7 @@ def main() -> int:
     )
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--loss", default="cosine")
     parser.add_argument("--relational", type=float, default=1.0)
     parser.add_argument("--train-threads", type=int, default=1, help="torch threads of kshot")

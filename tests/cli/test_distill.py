@@ -19,9 +19,11 @@ def test_a_distilled_student_serves_a_library(kshot, tmp_path, images):
     (learnt, info), (taught, _) = load_checkpoint(student), load_checkpoint(teacher)
     assert info["distilled"] and info["teacher_model"] == model_hash(taught)
     assert info["loss_after"] <= info["loss_before"]
-    # its own preprocessing (32 pixels), the teacher's embedding size (16)
+    # its own preprocessing (32 pixels) and its own features (conv4's 256 at 32 pixels), not
+    # the teacher's 16: the projection onto those was the loss's
     assert learnt.config.preprocess.input_size == 32 != taught.config.preprocess.input_size
-    assert learnt.embedding_dim == 16
+    assert learnt.embedding_dim == 256 and learnt.config.embedding_dim is None
+    assert info["teacher"] == "teacher.kshot" and info["data"] == "images"  # names, not paths
     kshot("init", tmp_path / "lib", "--model", student)
     kshot("enroll", tmp_path / "lib", tmp_path / "images")
     (row,) = kshot.json("query", tmp_path / "lib", images["blob"][0], "--method", "knn")

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from kshot.embedder.distill import (
     DistillConfig,
     DistillImages,
+    DistillLoss,
     build_student,
     distill,
     distillation_loss,
@@ -56,21 +57,35 @@ def test_distillation_lowers_the_students_loss_with_inputs_of_its_own():
     assert result.loss_after < 0.7 * result.loss_before, result
 
 
-def test_a_student_of_another_size_is_refused():
-    teacher = tiny_embedder()  # 8 dimensions
+def test_a_student_of_another_size_learns_through_the_loss_s_projection():
+    """conv4's 64 features against a teacher of 8: the student keeps its own size (the
+    projection is the loss's), and distillation still lowers the loss."""
+    teacher, images = tiny_embedder(), tiny_images()  # 8 dimensions
     student = build_embedder(
         EmbedderConfig("conv4", PreprocessConfig(16, 16, (0.5,), (0.5,), channels=1)),
         pretrained=False,
     )
-    pair = DistillImages(tiny_images().pixels, tiny_images().pixels, paths=[])
-    with pytest.raises(KshotError, match="give the student a head of 8"):
-        distill(teacher, student, pair, DistillConfig(epochs=1))
+    pair = DistillImages(images.pixels, images.pixels, paths=[])
+    result = distill(teacher, student, pair, DistillConfig(epochs=6, batch_size=8, lr=3e-3))
+    assert student.embedding_dim == 64
+    assert result.loss_after < result.loss_before, result
 
 
-def test_the_student_gets_a_head_only_where_the_sizes_differ():
-    teacher = tiny_embedder()  # 8 dimensions
-    student = build_student(teacher, "conv4", image_size=32, pretrained=False)
-    assert student.config.embedding_dim == 8 and student.config.preprocess.input_size == 32
-    wide = tiny_embedder(embedding_dim=None)  # conv4's 64 features at 16 pixels
-    same = build_student(wide, "conv4", image_size=16, pretrained=False)
-    assert same.config.embedding_dim is None and same.embedding_dim == 64
+def test_the_projection_starts_at_the_ridge_regression():
+    """Where the teacher's embeddings are a linear map of the student's, the projection starts
+    near that map: the first term is near zero before any step."""
+    generator = torch.Generator().manual_seed(0)
+    student = F.normalize(torch.randn(400, 4, generator=generator), dim=1)
+    teacher = F.normalize(student @ torch.randn(4, 6, generator=generator), dim=1)
+    config = DistillConfig(relational=0.0)
+    loss = DistillLoss(config, (student, teacher))
+    assert loss.projection.weight.shape == (6, 4)
+    assert loss(student, teacher).item() < 0.01
+    assert DistillLoss(config, (student, student)).projection is None  # same size: none
+
+
+def test_the_student_has_no_head_and_its_own_input_size():
+    student = build_student("conv4", image_size=32, pretrained=False)
+    assert student.config.embedding_dim is None
+    assert student.embedding_dim == 256  # conv4 flattens 64 channels x 2 x 2 at 32 pixels
+    assert student.config.preprocess.input_size == 32

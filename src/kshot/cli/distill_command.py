@@ -27,7 +27,7 @@ def distill(
     weights: Annotated[Path | None, typer.Option(help="Student backbone weights file.")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 10,
     batch_size: Annotated[int, typer.Option(min=2)] = 64,
-    lr: Annotated[float, typer.Option()] = 1e-3,
+    lr: Annotated[float, typer.Option()] = 3e-4,
     loss: Annotated[
         str, typer.Option(help="cosine: 1 - cosine; mse: squared distance of the embeddings.")
     ] = "cosine",
@@ -56,7 +56,7 @@ def distill(
 
     config = DistillConfig(epochs, batch_size, lr, loss, relational, seed)
     teacher_model, _ = load_checkpoint(teacher)
-    student = build_student(teacher_model, backbone, image_size, pretrained, weights)
+    student = build_student(backbone, image_size, pretrained, weights)
     images = load_images(image_files(data), teacher_model, student)
     say(
         f"distilling {teacher} ({teacher_model.config.backbone}, {teacher_model.embedding_dim} "

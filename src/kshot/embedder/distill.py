@@ -1,12 +1,17 @@
 """Distillation: a small student embedder trained to embed images as a big teacher does.
 
-The student is an ordinary embedder (a backbone, and a linear head when its features and the
-teacher's embeddings differ in size), so its model file works wherever a trained one does. It
-learns from images alone, labelled or not: each image's teacher embedding is the target. The
-loss is ``1 - cosine`` (or the squared distance, ``mse``) between the two embeddings, plus
-``relational`` times the squared difference between the batch's pairwise cosine similarities
-as the student and as the teacher see them (relational knowledge distillation, Park et al.
-2019): what a few-shot library uses is how images relate, not where each one lies.
+The student is an ordinary embedder, a backbone with no head: it embeds with its own features,
+so before distillation it is its pretrained backbone as it is, and its model file works
+wherever a trained one does. It learns from images alone, labelled or not: each image's teacher
+embedding is the target. The loss is ``1 - cosine`` (or the squared distance, ``mse``) between
+the two embeddings, plus ``relational`` times the squared difference between the batch's
+pairwise cosine similarities as the student and as the teacher see them (relational knowledge
+distillation, Park et al. 2019): what a few-shot library uses is how images relate, not where
+each one lies. Where the two sizes differ, the first term compares the teacher's embeddings with
+the student's mapped by a projection that belongs to the loss (:class:`DistillLoss`) and is
+dropped after; the relational term needs none. A head onto the teacher's size, as this module
+first had, made the student's embedding a new space learnt from the distillation images alone:
+on PlantVillage every such student ended below its own backbone untrained (BENCHMARKS.md).
 
 Teacher and student each decode and preprocess the images their own way (size, channels,
 normalisation), so any pair works. The teacher embeds every image once, without augmentation,
@@ -27,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from kshot.embedder.images import class_folders, list_images
 from kshot.embedder.inference import embed_pixels, load_pixels
@@ -44,7 +50,7 @@ DISTILL_LOSSES = ("cosine", "mse")
 class DistillConfig:
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-4  # kshot train's --finetune-lr: the student's backbone is pretrained
     loss: str = "cosine"
     relational: float = 1.0  # the weight of the relational term; 0: off
     seed: int = 0
@@ -59,41 +65,72 @@ class DistillConfig:
 
 
 def build_student(
-    teacher: Embedder,
     backbone: str,
     image_size: int | None = None,
     pretrained: bool = True,
     weights: Path | None = None,
 ) -> Embedder:
-    """An embedder on ``backbone`` (its own preprocessing, at ``image_size`` if given) whose
-    embeddings have the teacher's size: its features as they are when the sizes agree, else a
-    linear head onto the teacher's size."""
+    """An embedder on ``backbone`` (its own preprocessing, at ``image_size`` if given), no head."""
     from kshot.embedder.backbones import get_backbone
     from kshot.embedder.model import build_embedder
     from kshot.embedder.recipe import TrainConfig
     from kshot.embedder.run import embedder_config
 
     config = embedder_config(TrainConfig(backbone=backbone, image_size=image_size))
-    features = get_backbone(backbone).feature_dim(config.preprocess)
-    if features != teacher.embedding_dim:
-        config = dataclasses.replace(config, embedding_dim=teacher.embedding_dim)
     has_weights = pretrained and get_backbone(backbone).pretrained is not None
     return build_embedder(config, pretrained=has_weights, weights_file=weights)
 
 
 def distillation_loss(
-    student: torch.Tensor, teacher: torch.Tensor, config: DistillConfig
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    config: DistillConfig,
+    mapped: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The loss of unit-length ``student`` embeddings ``(n, D)`` against ``teacher``'s."""
+    """The loss of unit-length ``student`` embeddings ``(n, D)`` against ``teacher``'s ``(n,
+    T)``: the first term on ``mapped`` ``(n, T)`` (the student's mapped onto the teacher's size)
+    where given, else on ``student`` (``D == T``); the relational term on ``student``."""
+    direct = student if mapped is None else mapped
     if config.loss == "cosine":
-        loss = (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
+        loss = (1 - F.cosine_similarity(direct, teacher, dim=1)).mean()
     else:
-        loss = ((student - teacher) ** 2).sum(1).mean()
+        loss = ((direct - teacher) ** 2).sum(1).mean()
     if config.relational and len(student) > 1:
         student_relations = student @ student.t()
         teacher_relations = teacher @ teacher.t()
         loss = loss + config.relational * F.mse_loss(student_relations, teacher_relations)
     return loss
+
+
+class DistillLoss(nn.Module):
+    """:func:`distillation_loss`, through a projection ``D -> T`` (no bias, its output
+    L2-normalised) where the student's size ``D`` and the teacher's ``T`` differ.
+
+    The projection starts as the ridge regression of the teacher's embeddings on the student's
+    initial ones (``start``: ``(n, D)`` and ``(n, T)``), so the first steps follow the teacher
+    rather than a random map. Written by hand: pytorch-metric-learning and timm have no
+    feature-distillation loss."""
+
+    RIDGE = 1.0  # on unit-length rows; n images give the Gram matrix a trace of n
+
+    def __init__(
+        self, config: DistillConfig, start: tuple[torch.Tensor, torch.Tensor] | None = None
+    ):
+        super().__init__()
+        self.config = config
+        self.projection: nn.Linear | None = None
+        if start is not None and start[0].shape[1] != start[1].shape[1]:
+            student, teacher = (x.double() for x in start)
+            gram = student.t() @ student + self.RIDGE * torch.eye(student.shape[1]).double()
+            weight = torch.linalg.solve(gram, student.t() @ teacher)  # (D, T)
+            self.projection = nn.Linear(student.shape[1], teacher.shape[1], bias=False)
+            self.projection.weight.data = weight.t().float().contiguous()
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        mapped = None
+        if self.projection is not None:
+            mapped = F.normalize(self.projection(student), dim=1)
+        return distillation_loss(student, teacher, self.config, mapped)
 
 
 def image_files(data: Path) -> list[Path]:
@@ -143,11 +180,13 @@ class DistillResult:
 
 
 def student_loss(
-    student: Embedder, pixels: torch.Tensor, targets: torch.Tensor, config: DistillConfig
+    student: Embedder, pixels: torch.Tensor, targets: torch.Tensor, loss_fn: DistillLoss
 ) -> float:
-    """The loss over all images at once, the student in eval mode."""
+    """The loss over all images at once, the student in eval mode (on the loss's device)."""
     vectors = torch.from_numpy(embed_pixels(student, pixels))
-    return float(distillation_loss(vectors, targets, config))
+    device = next(loss_fn.parameters(), targets).device
+    with torch.no_grad():
+        return float(loss_fn(vectors.to(device), targets.to(device)))
 
 
 def distill(
@@ -160,17 +199,14 @@ def distill(
 ) -> DistillResult:
     """Train ``student`` in place to embed ``images`` as ``teacher`` does."""
     device = device or torch.device("cpu")
-    if student.embedding_dim != teacher.embedding_dim:
-        raise KshotError(
-            f"the student embeds in {student.embedding_dim} dimensions and the teacher in "
-            f"{teacher.embedding_dim}: give the student a head of {teacher.embedding_dim}"
-        )
     tune_allocator()  # embedding the teacher's targets took 3.4x as long without (256 images)
     teacher = teacher.for_inference(device)  # channels-last: 1.9x faster again
     student.to(device)
     targets = torch.from_numpy(embed_pixels(teacher, images.teacher))
-    before = student_loss(student, images.student, targets, config)
-    optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)
+    initial = torch.from_numpy(embed_pixels(student, images.student))
+    loss_fn = DistillLoss(config, (initial, targets)).to(device)
+    before = student_loss(student, images.student, targets, loss_fn)
+    optimizer = torch.optim.Adam([*student.parameters(), *loss_fn.parameters()], lr=config.lr)
     normalize = student.config.preprocess.normalize
     history, best = [], (before, copy.deepcopy(student.state_dict()))
     for epoch in range(1, config.epochs + 1):
@@ -182,7 +218,7 @@ def distill(
         for begin in range(0, len(order) - batch + 1, batch):
             chosen = order[begin : begin + batch]
             inputs = normalize(images.student[chosen]).to(device)
-            loss = distillation_loss(student(inputs), targets[chosen].to(device), config)
+            loss = loss_fn(student(inputs), targets[chosen].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -192,7 +228,7 @@ def distill(
             "loss": float(np.mean(losses)),
             "seconds": time.perf_counter() - start,
         }
-        stats["eval_loss"] = student_loss(student, images.student, targets, config)
+        stats["eval_loss"] = student_loss(student, images.student, targets, loss_fn)
         history.append(stats)
         if stats["eval_loss"] < best[0]:
             best = (stats["eval_loss"], copy.deepcopy(student.state_dict()))
@@ -210,9 +246,10 @@ def distill_info(
     return {
         "trained": True,
         "distilled": True,
-        "teacher": str(Path(teacher_file).resolve()),
+        # Names only: a model file travels, and a full path tells where its maker keeps files.
+        "teacher": Path(teacher_file).name,
         "teacher_model": teacher_hash,
-        "data": str(Path(data).resolve()),
+        "data": Path(data).resolve().name,
         "distill": dataclasses.asdict(config),
         "loss_before": result.loss_before,
         "loss_after": result.loss_after,
