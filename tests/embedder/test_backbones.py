@@ -8,7 +8,6 @@ from kshot.embedder import backbones, mobilenet_v2_weights
 from kshot.embedder.backbone_info import meta_backbone
 from kshot.embedder.backbones import (
     BACKBONES,
-    DEFAULT_BACKBONE,
     LITE_MEAN,
     LITE_STD,
     build_backbone,
@@ -65,7 +64,6 @@ SMALLEST_INPUT = {"inception_v3": 75, "alexnet": 63}
 def test_registry_holds_the_seed_backbones():
     multilevel = {"efficientnet_lite0_multilevel", "mobilenet_v2_multilevel"}
     assert set(BACKBONES) == SEEDS | multilevel | {"efficientnet_lite0", "efficientnet_b0", "conv4"}
-    assert DEFAULT_BACKBONE in BACKBONES
     assert all(spec.name == name for name, spec in BACKBONES.items())
 
 

@@ -49,3 +49,23 @@ def test_epoch_times_are_averaged_per_stage():
 @pytest.mark.parametrize(("classes", "held"), [(4, 0), (9, 0), (10, 2), (24, 4), (38, 5)])
 def test_default_holdout_classes(classes, held):
     assert default_holdout_classes(classes) == held
+
+
+def test_no_backbone_means_the_default_embedder(monkeypatch):
+    from kshot.embedder import run
+    from kshot.embedder.recipe import TrainConfig
+
+    monkeypatch.setattr(run, "default_embedder", lambda: ("a+b", None))
+    assert TrainConfig().backbone is None
+    assert run.resolve_backbone(TrainConfig()).backbone == "a+b"
+    assert run.resolve_backbone(TrainConfig(backbone="conv4")).backbone == "conv4"
+
+
+def test_the_default_embedder_s_fallback_is_said(monkeypatch, caplog):
+    from kshot.embedder import run
+    from kshot.embedder.recipe import TrainConfig
+
+    monkeypatch.setattr(run, "default_embedder", lambda: ("a", "b's weights are missing"))
+    with caplog.at_level(logging.WARNING, logger="kshot"):
+        assert run.resolve_backbone(TrainConfig()).backbone == "a"
+    assert "b's weights are missing" in caplog.text

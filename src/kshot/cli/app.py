@@ -232,7 +232,7 @@ def backbones(
     """List the backbones an embedder can be built on (any timm model too, as timm:NAME), and
     whether their pretrained weights are on this machine (nothing is downloaded)."""
     from kshot.embedder.backbone_info import describe, listed_backbones
-    from kshot.embedder.backbones import DEFAULT_BACKBONE
+    from kshot.embedder.backbones import default_embedder
 
     for name in listed_backbones():
         info = describe(name, details)
@@ -246,8 +246,8 @@ def backbones(
         extra = (
             f"  {info.parameters / 1e6:6.1f}M params {info.gflops:6.1f} GFLOPs" if details else ""
         )
-        default = "  (default for kshot train)" if name == DEFAULT_BACKBONE else ""
-        typer.echo(f"{name:<42} {size}{extra}  {weights}{default}")
+        typer.echo(f"{name:<42} {size}{extra}  {weights}")
+    typer.echo(f"default for kshot init and kshot train: {default_embedder()[0]}")
 
 
 @command

@@ -279,9 +279,9 @@ BACKBONES: dict[str, BackboneSpec] = {
         _conv4(),
     )
 }
-DEFAULT_BACKBONE = "efficientnet_lite0"  # what `kshot train` builds on
-# What `kshot init` builds with neither --model nor --backbone: the best measured on new classes
-# with no training (BENCHMARKS.md, benchmarks/decisions.py), both members' weights offline.
+# What `kshot init` builds with neither --model nor --backbone, and `kshot train` trains without
+# --backbone: the best measured on new classes with no training (BENCHMARKS.md,
+# benchmarks/decisions.py) and after training (benchmarks/plantvillage.py); weights offline.
 DEFAULT_EMBEDDER = "efficientnet_lite0_multilevel+mobilenet_v2_multilevel"
 FALLBACK_EMBEDDER = "efficientnet_lite0_multilevel"  # its weights come with kshot itself
 

@@ -28,6 +28,9 @@ LOSS_NAMES = (
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("none", "cosine", "plateau")
 NORMALIZATIONS = ("backbone", "imagenet", "dataset")
+# Episodes' classes when --ways is not given: 8 x (5 + 5) images of the default embedder take
+# about 18 GB in training (BENCHMARKS.md, issue 9); 20 ways would not fit in 24 GB.
+DEFAULT_WAYS = 8
 # The interpolation weights ``--interpolate auto`` chooses from.
 INTERPOLATION_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -59,7 +62,14 @@ def _no_augmentation():
 @dataclass(frozen=True)
 class TrainConfig:
     # --- the embedder -------------------------------------------------------------------------
-    backbone: str = _option("efficientnet_lite0", MODEL, "See `kshot backbones`.")
+    # None: kshot init's default embedder, resolved when the run starts (run.resolve_backbone).
+    backbone: str | None = _option(
+        None,
+        MODEL,
+        "See `kshot backbones`; a+b is an ensemble. Default: kshot init's default embedder "
+        "(efficientnet_lite0_multilevel+mobilenet_v2_multilevel; its first member alone where "
+        "MobileNetV2's weights are not installed).",
+    )
     embedding_dim: int | None = _option(None, MODEL, "Head output size; default: no head.")
     head_hidden: int | None = _option(
         None, MODEL, "A hidden layer in the head (Linear, ReLU, dropout 0.2, Linear)."
@@ -123,7 +133,15 @@ class TrainConfig:
         True, RECIPE, "Batches of --samples-per-class images per class (else shuffled)."
     )
     # --- episodes of --loss protonet ----------------------------------------------------------
-    ways: int = _option(20, EPISODES, "Classes in an episode.", min=2)
+    # None: DEFAULT_WAYS, or fewer where fewer classes have shots + queries images (training's
+    # _with_ways says so).
+    ways: int | None = _option(
+        None,
+        EPISODES,
+        "Classes in an episode (default: 8, or every class with --shots + --queries images "
+        "where fewer have that many).",
+        min=2,
+    )
     shots: int = _option(5, EPISODES, "Support images of each class (its prototype).", min=1)
     queries: int = _option(5, EPISODES, "Query images of each class.", min=1)
     # --- keeping what the pretrained backbone knew -----------------------------------------------

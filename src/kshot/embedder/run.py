@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kshot.embedder.backbones import get_backbone
+from kshot.embedder.backbones import default_embedder, get_backbone
 from kshot.embedder.checkpoint import save_checkpoint
 from kshot.embedder.distributed import Distributed, start_from_env, stop
 from kshot.embedder.ensemble import is_ensemble, normalization_error
@@ -57,6 +57,18 @@ def default_holdout_classes(classes: int) -> int:
     """A fifth of the classes, at most 5, and none unless at least 2 (a 2-way episode)."""
     count = min(5, classes // 5)
     return count if count >= 2 else 0
+
+
+def resolve_backbone(config: TrainConfig) -> TrainConfig:
+    """``config`` with its backbone named: with none given, ``kshot init``'s default embedder,
+    which scored best on new classes both untrained and trained (BENCHMARKS.md, issue 9), and
+    a notice when it falls back for want of MobileNetV2's weights."""
+    if config.backbone is not None:
+        return config
+    backbone, notice = default_embedder()
+    if notice:
+        log.warning("%s", notice)
+    return dataclasses.replace(config, backbone=backbone)
 
 
 def embedder_config(config: TrainConfig, data_mean_std: tuple | None = None) -> EmbedderConfig:
@@ -105,7 +117,7 @@ def train_from_folder(
     a stopped run with the same settings left (see :func:`state_path`); ``console`` watches the
     run and keeps that state file (default: notices in the log, no state kept).
     """
-    config = config or TrainConfig()
+    config = resolve_backbone(config or TrainConfig())
     world, torch_device = start_from_env(device)
     if config.precision == "bf16" and torch_device.type == "cpu":
         check_precision("bf16", torch_device)  # a clear error where the CPU has no bf16

@@ -42,7 +42,7 @@ from kshot.embedder.layer_decay import layer_decay_groups
 from kshot.embedder.losses import build_loss
 from kshot.embedder.model import Embedder
 from kshot.embedder.optim import build_optimizer, build_schedule, step_schedule
-from kshot.embedder.recipe import TrainConfig
+from kshot.embedder.recipe import DEFAULT_WAYS, TrainConfig
 from kshot.embedder.runtime import tune_allocator
 from kshot.embedder.step import LossModel, Stepper, _FromFeatures
 from kshot.embedder.trainset import AugmentedImages, ImageSet, with_rotation_classes
@@ -185,6 +185,7 @@ def train_embedder(
     if config.class_weights:
         extra["reducer"] = ClassWeightedReducer(_class_weights(images.labels))
     if config.loss == "protonet":
+        config = _with_ways(images.labels, config)
         episode_classes(images.labels, config.ways, config.shots, config.queries)
         warn_about_small_classes(images.labels, config.shots, config.queries)
         extra["shots"] = config.shots
@@ -208,6 +209,27 @@ def train_embedder(
         embedder.load_state_dict(run.best_state)
     embedder.eval()
     return TrainResult(run.history, run.best_epoch, run.best_metrics)
+
+
+def _with_ways(labels: torch.Tensor, config: TrainConfig) -> TrainConfig:
+    """``config`` with its episodes' ways set: as given, else ``DEFAULT_WAYS``, or as many
+    classes as have ``shots + queries`` images where fewer do (said in the log)."""
+    if config.ways is not None:
+        return config
+    eligible = len(episode_classes(labels, 2, config.shots, config.queries))
+    ways = min(DEFAULT_WAYS, eligible)
+    if ways < DEFAULT_WAYS:
+        log.warning(
+            "episodes of %d ways, not %d: only %d training classes have %d images (--shots %d "
+            "+ --queries %d)",
+            ways,
+            DEFAULT_WAYS,
+            eligible,
+            config.shots + config.queries,
+            config.shots,
+            config.queries,
+        )
+    return dataclasses.replace(config, ways=ways)
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
