@@ -427,19 +427,23 @@ def test_help_answers_without_importing_torch():
     assert done.returncode == 0, done.stderr
 
 
-def test_the_default_recipe_is_two_stages_of_arcface(kshot, tmp_path, images):
+def test_the_default_recipe_is_two_stages_of_protonet(kshot, tmp_path, images):
+    """The defaults; the fixture's 3 classes of 3 training images make smaller episodes."""
     out = tmp_path / "model.kshot"
     output = kshot("train", tmp_path / "images", "--out", out, "--backbone", "conv4").output
-    assert "epoch 30/35 (head)" in output and "epoch 35/35 (finetune)" in output
+    assert "epoch 30/33 (head)" in output and "epoch 33/33 (finetune)" in output
+    assert "episodes of 3 ways, 1 shots and 2 queries, smaller than the default" in output
     _, info = load_checkpoint(out)
-    recipe = {k: info["train"][k] for k in ("loss", "head_epochs", "epochs", "lr", "finetune_lr")}
-    assert recipe == {
-        "loss": "arcface",
+    keys = ("loss", "head_epochs", "epochs", "lr", "finetune_lr", "ways")
+    assert {k: info["train"][k] for k in keys} == {
+        "loss": "protonet",
         "head_epochs": 30,
-        "epochs": 5,
+        "epochs": 3,
         "lr": 0.01,
         "finetune_lr": 3e-4,
+        "ways": None,  # the default: 8, or as many classes as have enough images
     }
+    assert info["train"]["shots"] is None and info["train"]["queries"] is None
     assert info["train"]["schedule"] == "cosine"
 
 

@@ -22,7 +22,6 @@ from kshot.embedder.training import (
     Stage,
     TrainConfig,
     _class_weights,
-    _with_ways,
     plan_stages,
     train_embedder,
 )
@@ -552,28 +551,3 @@ def test_feature_distillation_keeps_the_backbone_nearer_its_original_features():
 
     free, held = drift(0.0), drift(10.0)
     assert held < free / 2, (held, free)
-
-
-# --- protonet's episodes without --ways -------------------------------------------------------
-
-
-def _labels(*sizes: int) -> torch.Tensor:
-    return torch.cat([torch.full((n,), c) for c, n in enumerate(sizes)])
-
-
-def test_ways_default_to_eight_where_enough_classes_have_enough_images():
-    assert _with_ways(_labels(*[10] * 12), TrainConfig(loss="protonet")).ways == 8
-
-
-def test_ways_default_to_every_class_with_enough_images_where_fewer_than_eight(caplog):
-    labels = _labels(10, 10, 10, 9)  # the last has fewer than 5 + 5
-    with caplog.at_level("WARNING", logger="kshot"):
-        assert _with_ways(labels, TrainConfig(loss="protonet")).ways == 3
-    assert "episodes of 3 ways, not 8: only 3 training classes have 10 images" in caplog.text
-
-
-def test_given_ways_stay_and_too_few_classes_are_refused():
-    labels = _labels(10, 10, 10)
-    assert _with_ways(labels, TrainConfig(loss="protonet", ways=3)).ways == 3
-    with pytest.raises(KshotError, match="needs 2 classes with at least 10"):
-        _with_ways(_labels(10, 4), TrainConfig(loss="protonet"))

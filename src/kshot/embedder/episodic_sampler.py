@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from kshot.embedder.recipe import DEFAULT_QUERIES, DEFAULT_SHOTS, DEFAULT_WAYS
 from kshot.errors import KshotError
 
 log = logging.getLogger("kshot")
@@ -32,6 +33,48 @@ def episode_classes(labels: torch.Tensor, ways: int, shots: int, queries: int) -
             "--shots or --queries"
         )
     return values[enough]
+
+
+def episode_sizes(
+    labels: torch.Tensor, ways: int | None, shots: int | None, queries: int | None
+) -> tuple[int, int, int]:
+    """``(ways, shots, queries)`` for these training labels: given values as they are (checked),
+    ``None`` as ``DEFAULT_WAYS``, ``DEFAULT_SHOTS`` and ``DEFAULT_QUERIES`` where the classes
+    are large enough, else what they allow, said in the log: a class's images in an episode are
+    at most those of the middle class (so half the classes or more take part, at least two), split
+    between support and query; the ways are at most the classes with that many images."""
+    counts = np.sort(np.unique(np.asarray(labels), return_counts=True)[1])[::-1]
+    if len(counts) < 2:
+        raise KshotError("episodes need at least two classes")
+    middle = int(counts[max(1, (len(counts) - 1) // 2)])
+    chosen_shots, chosen_queries = shots, queries
+    if shots is None or queries is None:
+        given = (shots or 0) + (queries or 0)
+        wanted = (shots or DEFAULT_SHOTS) + (queries or DEFAULT_QUERIES)
+        total = max(min(wanted, middle), given + 1)
+        if shots is None and queries is None:
+            chosen_shots = max(1, total // 2)
+            chosen_queries = max(1, total - chosen_shots)
+        elif shots is None:
+            chosen_shots = total - queries
+        else:
+            chosen_queries = total - shots
+    eligible = len(episode_classes(labels, 2, chosen_shots, chosen_queries))
+    chosen_ways = ways if ways is not None else min(DEFAULT_WAYS, eligible)
+    episode_classes(labels, chosen_ways, chosen_shots, chosen_queries)  # a clear error if short
+    chosen = (chosen_ways, chosen_shots, chosen_queries)
+    defaults = (DEFAULT_WAYS, DEFAULT_SHOTS, DEFAULT_QUERIES)
+    asked = (ways, shots, queries)
+    if any(a is None and c != d for a, c, d in zip(asked, chosen, defaults, strict=True)):
+        log.warning(
+            "episodes of %d ways, %d shots and %d queries, smaller than the default %d, %d and "
+            "%d: %d training classes have %d images or more (set --ways, --shots, --queries)",
+            *chosen,
+            *defaults,
+            eligible,
+            chosen_shots + chosen_queries,
+        )
+    return chosen
 
 
 def warn_about_small_classes(labels: torch.Tensor, shots: int, queries: int) -> None:

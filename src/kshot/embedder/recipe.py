@@ -28,9 +28,9 @@ LOSS_NAMES = (
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("none", "cosine", "plateau")
 NORMALIZATIONS = ("backbone", "imagenet", "dataset")
-# Episodes' classes when --ways is not given: 8 x (5 + 5) images of the default embedder take
-# about 18 GB in training (BENCHMARKS.md, issue 9); 20 ways would not fit in 24 GB.
-DEFAULT_WAYS = 8
+# Episodes when not given: 8 ways x (5 shots + 5 queries) images. Those 80 images of the default
+# embedder take about 18 GB in training (BENCHMARKS.md, issue 9); 20 ways would not fit in 24 GB.
+DEFAULT_WAYS, DEFAULT_SHOTS, DEFAULT_QUERIES = 8, 5, 5
 # The interpolation weights ``--interpolate auto`` chooses from.
 INTERPOLATION_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -90,11 +90,11 @@ class TrainConfig:
     )
     pretrained: bool = _option(True, MODEL, "Start from ImageNet weights.")
     # --- the loss and the optimisation ----------------------------------------------------------
-    loss: str = _option("arcface", RECIPE, "The metric-learning loss.", choices=LOSS_NAMES)
+    loss: str = _option("protonet", RECIPE, "The metric-learning loss.", choices=LOSS_NAMES)
     # Laid over the loss's defaults (kshot.embedder.losses.LOSS_DEFAULTS), e.g. {"margin": 0.2}.
     loss_options: dict = field(default_factory=dict)
     head_epochs: int = _option(30, RECIPE, "Stage 1: epochs on a frozen backbone.", min=0)
-    epochs: int = _option(5, RECIPE, "Stage 2: epochs with the backbone training.", min=0)
+    epochs: int = _option(3, RECIPE, "Stage 2: epochs with the backbone training.", min=0)
     trainable_blocks: int | None = _option(
         None, RECIPE, "Stage 2 trains only the backbone's last N blocks (default: all).", min=0
     )
@@ -133,17 +133,23 @@ class TrainConfig:
         True, RECIPE, "Batches of --samples-per-class images per class (else shuffled)."
     )
     # --- episodes of --loss protonet ----------------------------------------------------------
-    # None: DEFAULT_WAYS, or fewer where fewer classes have shots + queries images (training's
-    # _with_ways says so).
+    # None: the default, or what the classes allow (episodic_sampler.episode_sizes).
     ways: int | None = _option(
         None,
         EPISODES,
-        "Classes in an episode (default: 8, or every class with --shots + --queries images "
-        "where fewer have that many).",
+        "Classes in an episode (default: 8, or every class with enough images where fewer).",
         min=2,
     )
-    shots: int = _option(5, EPISODES, "Support images of each class (its prototype).", min=1)
-    queries: int = _option(5, EPISODES, "Query images of each class.", min=1)
+    shots: int | None = _option(
+        None,
+        EPISODES,
+        "Support images of each class, its prototype (default: 5, or half the images of the "
+        "middle class where it has fewer than 10).",
+        min=1,
+    )
+    queries: int | None = _option(
+        None, EPISODES, "Query images of each class (default: 5, or the rest of them).", min=1
+    )
     # --- keeping what the pretrained backbone knew -----------------------------------------------
     interpolate: str | None = _option(
         None,

@@ -35,14 +35,14 @@ from torch.utils.data import TensorDataset
 from kshot.embedder.augment import AugmentConfig, build_augment
 from kshot.embedder.batches import epoch_loader
 from kshot.embedder.distributed import Distributed
-from kshot.embedder.episodic_sampler import episode_classes, warn_about_small_classes
+from kshot.embedder.episodic_sampler import episode_sizes, warn_about_small_classes
 from kshot.embedder.freezing import freeze_backbone, set_train_mode, trainable_parameters
 from kshot.embedder.inference import backbone_features
 from kshot.embedder.layer_decay import layer_decay_groups
 from kshot.embedder.losses import build_loss
 from kshot.embedder.model import Embedder
 from kshot.embedder.optim import build_optimizer, build_schedule, step_schedule
-from kshot.embedder.recipe import DEFAULT_WAYS, TrainConfig
+from kshot.embedder.recipe import TrainConfig
 from kshot.embedder.runtime import tune_allocator
 from kshot.embedder.step import LossModel, Stepper, _FromFeatures
 from kshot.embedder.trainset import AugmentedImages, ImageSet, with_rotation_classes
@@ -185,10 +185,12 @@ def train_embedder(
     if config.class_weights:
         extra["reducer"] = ClassWeightedReducer(_class_weights(images.labels))
     if config.loss == "protonet":
-        config = _with_ways(images.labels, config)
-        episode_classes(images.labels, config.ways, config.shots, config.queries)
-        warn_about_small_classes(images.labels, config.shots, config.queries)
-        extra["shots"] = config.shots
+        ways, shots, queries = episode_sizes(
+            images.labels, config.ways, config.shots, config.queries
+        )
+        config = dataclasses.replace(config, ways=ways, shots=shots, queries=queries)
+        warn_about_small_classes(images.labels, shots, queries)
+        extra["shots"] = shots
     loss_fn, miner = build_loss(
         config.loss, classes, embedder.embedding_dim, **{**config.loss_options, **extra}
     )
@@ -209,27 +211,6 @@ def train_embedder(
         embedder.load_state_dict(run.best_state)
     embedder.eval()
     return TrainResult(run.history, run.best_epoch, run.best_metrics)
-
-
-def _with_ways(labels: torch.Tensor, config: TrainConfig) -> TrainConfig:
-    """``config`` with its episodes' ways set: as given, else ``DEFAULT_WAYS``, or as many
-    classes as have ``shots + queries`` images where fewer do (said in the log)."""
-    if config.ways is not None:
-        return config
-    eligible = len(episode_classes(labels, 2, config.shots, config.queries))
-    ways = min(DEFAULT_WAYS, eligible)
-    if ways < DEFAULT_WAYS:
-        log.warning(
-            "episodes of %d ways, not %d: only %d training classes have %d images (--shots %d "
-            "+ --queries %d)",
-            ways,
-            DEFAULT_WAYS,
-            eligible,
-            config.shots + config.queries,
-            config.shots,
-            config.queries,
-        )
-    return dataclasses.replace(config, ways=ways)
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
