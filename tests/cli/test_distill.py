@@ -39,3 +39,23 @@ def test_a_teacher_that_is_not_a_model_file_is_a_clear_error(kshot, tmp_path, im
     ).output  # fmt: skip
     assert "kshot: error:" in output and str(fake) in output
     assert not (tmp_path / "s.kshot").exists()
+
+
+def test_a_student_no_epoch_improved_is_said_to_be_its_backbone(
+    kshot, tmp_path, images, monkeypatch
+):
+    from kshot.embedder import distill
+
+    teacher = tmp_path / "teacher.kshot"
+    kshot(
+        "train", tmp_path / "images", "--out", teacher, "--backbone", "conv4",
+        "--head-epochs", "0", "--epochs", "1", "--batch-size", "12",
+    )  # fmt: skip
+    unchanged = distill.DistillResult(0.5, 0.5, [{"epoch": 1, "loss": 0.7, "seconds": 1.0}])
+    monkeypatch.setattr(distill, "distill", lambda *args, **kwargs: unchanged)
+    output = kshot(
+        "distill", tmp_path / "images", "--teacher", teacher, "--backbone", "conv4",
+        "--out", tmp_path / "s.kshot", "--epochs", "1",
+    ).output  # fmt: skip
+    assert "no epoch ended below the student's starting loss (0.5000)" in output
+    assert (tmp_path / "s.kshot").exists()

@@ -73,6 +73,11 @@ def distill(
             f"all images {stats['eval_loss']:.4f}  {stats['seconds']:.1f} s"
         ),
     )
+    if result.loss_after >= result.loss_before:
+        say(
+            f"kshot: no epoch ended below the student's starting loss ({result.loss_before:.4f}),"
+            " so the student is its backbone as it was; try more --epochs or another --lr"
+        )
     info = distill_info(teacher, model_hash(teacher_model), data, config, result)
     digest = save_checkpoint(student.cpu(), out, info)
     say(
