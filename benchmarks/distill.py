@@ -9,10 +9,10 @@ and 5 shots, mean of 5 seeded draws; prototypes, and logistic regression as ``ks
 default ``--method logistic`` decides):
 
 - the teacher;
-- each student (``BACKBONE:SIZE``: the backbone at that input side, a linear head onto the
-  teacher's embedding size);
+- each student (``BACKBONE:SIZE``: the backbone at that input side; it embeds with its own
+  features, the projection onto the teacher's size being the distillation loss's);
 - each student's backbone untrained by distillation: its ImageNet features at the same input
-  side and preprocessing, no head.
+  side and preprocessing (where no epoch beat the student's start, the two are the same).
 
 Query cost, also in this run, the way a library embeds a query: ``embed_files`` (decode,
 preprocess, forward) on the model in inference mode, torch on ONE thread for every model (the
@@ -27,7 +27,7 @@ Distillation runs with ``--train-threads`` torch threads (OMP_NUM_THREADS of the
 Model files go to ``--out`` and are reused when present (a rerun scores them again without
 retraining); logs of the ``kshot`` subprocesses and ``results.json`` go there too.
 
-    nice python benchmarks/distill.py --out /tmp/distill/run                    # 8 epochs
+    nice python benchmarks/distill.py --out /tmp/distill/run --epochs 4         # BENCHMARKS.md
     python benchmarks/distill.py --out /tmp/distill/smoke --epochs 1 --per-class 6 \\
         --timing-photos 30 --batch-rounds 1                                       # smoke test
 """
