@@ -182,8 +182,12 @@ class DistillResult:
 def student_loss(
     student: Embedder, pixels: torch.Tensor, targets: torch.Tensor, loss_fn: DistillLoss
 ) -> float:
-    """The loss over all images at once, the student in eval mode (on the loss's device)."""
-    vectors = torch.from_numpy(embed_pixels(student, pixels))
+    """The loss over all images at once, the student in eval mode."""
+    return _loss_of(torch.from_numpy(embed_pixels(student, pixels)), targets, loss_fn)
+
+
+def _loss_of(vectors: torch.Tensor, targets: torch.Tensor, loss_fn: DistillLoss) -> float:
+    """The loss of embeddings already made, on the loss's device."""
     device = next(loss_fn.parameters(), targets).device
     with torch.no_grad():
         return float(loss_fn(vectors.to(device), targets.to(device)))
@@ -205,7 +209,7 @@ def distill(
     targets = torch.from_numpy(embed_pixels(teacher, images.teacher))
     initial = torch.from_numpy(embed_pixels(student, images.student))
     loss_fn = DistillLoss(config, (initial, targets)).to(device)
-    before = student_loss(student, images.student, targets, loss_fn)
+    before = _loss_of(initial, targets, loss_fn)  # the student as it starts: embedded once
     optimizer = torch.optim.Adam([*student.parameters(), *loss_fn.parameters()], lr=config.lr)
     normalize = student.config.preprocess.normalize
     history, best = [], (before, copy.deepcopy(student.state_dict()))
