@@ -59,9 +59,9 @@ def episode_sizes(
             chosen_shots = total - queries
         else:
             chosen_queries = total - shots
-    eligible = len(episode_classes(labels, 2, chosen_shots, chosen_queries))
+    # A clear error where fewer classes than the given ways (or 2) have that many images.
+    eligible = len(episode_classes(labels, ways or 2, chosen_shots, chosen_queries))
     chosen_ways = ways if ways is not None else min(DEFAULT_WAYS, eligible)
-    episode_classes(labels, chosen_ways, chosen_shots, chosen_queries)  # a clear error if short
     chosen = (chosen_ways, chosen_shots, chosen_queries)
     defaults = (DEFAULT_WAYS, DEFAULT_SHOTS, DEFAULT_QUERIES)
     asked = (ways, shots, queries)
