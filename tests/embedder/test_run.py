@@ -17,6 +17,8 @@ from kshot.embedder.training import EpochStats
         ({"fewshot_accuracy": 0.6}, {"fewshot_accuracy": 0.8}, False),
         ({}, {"fewshot_accuracy": 0.1}, False),
         ({"fewshot_accuracy": 0.9}, {"precision_at_1": 0.1}, False),
+        ({"library_accuracy": 0.8}, {"library_accuracy": 0.6}, True),
+        ({"library_accuracy": 0.8, "fewshot_accuracy": 0.5}, {"library_accuracy": 0.6}, True),
     ],
 )
 def test_warn_if_new_classes_got_worse(monkeypatch, before, after, warned):

@@ -23,6 +23,7 @@ from kshot.embedder.training import (
     TrainConfig,
     _class_weights,
     plan_stages,
+    selection_score,
     train_embedder,
 )
 from kshot.embedder.trainset import ImageSet
@@ -524,6 +525,13 @@ def test_the_held_out_classes_pick_the_epoch_when_there_are_some():
     )
     assert result.best_epoch == 2 and result.best_metrics["fewshot_accuracy"] == 0.7
     assert [s.metrics["precision_at_1"] for s in result.history] == [0.9, 0.6, 0.8]
+
+
+def test_the_library_score_picks_the_epoch_before_the_new_classes_alone():
+    metrics = {"precision_at_1": 0.9, "fewshot_accuracy": 0.8, "library_accuracy": 0.6}
+    assert selection_score(metrics) == 0.6
+    assert selection_score({"precision_at_1": 0.9, "fewshot_accuracy": 0.8}) == 0.8
+    assert selection_score({"precision_at_1": 0.9}) == 0.9 and selection_score({}) is None
 
 
 def test_the_distillation_penalty_is_zero_for_an_unchanged_backbone():

@@ -3,7 +3,13 @@ import json
 import numpy as np
 import pytest
 
-from kshot.fewshot.episodes import episode_accuracy, mean_ci95, run_episodes, sample_episode
+from kshot.fewshot.episodes import (
+    episode_accuracy,
+    mean_ci95,
+    run_episodes,
+    run_library_episodes,
+    sample_episode,
+)
 
 
 def at(*degrees: float) -> np.ndarray:
@@ -138,3 +144,33 @@ def test_run_episodes_rejects_bad_settings():
         run_episodes(vectors, labels, ways=2, shots=1, queries=1, episodes=0)
     with pytest.raises(ValueError, match="unknown method"):
         run_episodes(vectors, labels, 2, 1, 1, 1, method="svm")
+
+
+def test_library_episodes_see_new_photos_taken_for_known_classes():
+    """New class n1 lies where known class k1 does: among the new classes alone every query is
+    right, in the library n1's queries tie with k1 and the tie goes to the first name (k1)."""
+    vectors = np.repeat(at(0, 90), 6, axis=0)
+    labels = np.repeat(["n1", "n2"], 6)
+    known, known_labels = np.repeat(at(0, 180), 3, axis=0), np.repeat(["k1", "k2"], 3)
+    alone = run_episodes(vectors, labels, ways=2, shots=2, queries=4, episodes=3)
+    library = run_library_episodes(vectors, labels, known, known_labels, 2, 4, episodes=3)
+    assert alone["mean_accuracy"] == 1.0
+    assert library["accuracies"] == [0.5] * 3  # n2's queries right, n1's taken for k1
+    assert (library["ways"], library["shots"], library["queries"]) == (4, 2, 4)
+
+
+def test_library_episodes_are_repeatable_and_score_separable_classes_right():
+    vectors, labels = separable(classes=8, per_class=12)
+    new, known = np.isin(labels, [f"class {i}" for i in range(3)]), slice(None)
+    args = (vectors[new], labels[new], vectors[~new][known], labels[~new][known], 5, 3, 10, 7)
+    result = run_library_episodes(*args)
+    assert result == run_library_episodes(*args)
+    assert result["accuracies"] == [1.0] * 10 and result["ways"] == 8
+
+
+def test_library_episodes_refuse_a_class_both_new_and_known():
+    vectors, labels = separable(classes=3)
+    with pytest.raises(ValueError, match="both new and known: class 0"):
+        run_library_episodes(vectors, labels, vectors[:2], labels[:2], 1, 1, 1)
+    with pytest.raises(ValueError, match="episodes must be at least 1"):
+        run_library_episodes(vectors, labels, vectors[:0], labels[:0], 1, 1, 0)

@@ -69,13 +69,27 @@ def test_both_kinds_together(embedder, known):
     val, references = known
     validation = TrainingValidation(val, references, crops({7: 4, 9: 4}), episodes=3)
     scores = validation(embedder)
-    assert set(scores) == {"precision_at_1", "accuracy", "fewshot_accuracy"}
+    assert set(scores) == {"precision_at_1", "accuracy", "fewshot_accuracy", "library_accuracy"}
     assert in_unit_range(scores)
     assert validation.describe() == (
         "9 held-out images of the training classes and "
         "2 held-out classes (2-way 3-shot, 1 queries per class, 3 episodes; "
-        "standard error at most 17.7%)"  # 0.5 / sqrt(8 images)
+        "standard error at most 17.7%), also in a library of all 5 classes"  # 0.5 / sqrt(8)
     )
+
+
+def test_new_classes_in_the_library_compete_with_the_known_ones():
+    """Held-out crops of a known class's pattern under new names: alone they are told apart
+    from one another, in the library their queries go to the known classes (about as close)
+    as often as not, so the library's score is lower."""
+    embedder = make_conv4(0, embedding_dim=None)
+    references = crops({0: 4, 1: 4, 2: 4}, seed=2)
+    twins = crops({0: 6, 1: 6, 2: 6}, seed=3)  # the known classes' patterns ...
+    twins = ImageSet(twins.pixels, twins.labels + 10)  # ... as new classes 10, 11, 12
+    validation = TrainingValidation(None, references, twins, shots=3, episodes=10)
+    scores = validation(embedder)
+    assert scores["fewshot_accuracy"] > 0.9
+    assert scores["library_accuracy"] < scores["fewshot_accuracy"] - 0.2
 
 
 @pytest.mark.parametrize(

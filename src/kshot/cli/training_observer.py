@@ -18,6 +18,7 @@ SCALARS = {
     "precision_at_1": "val/precision_at_1",
     "accuracy": "val/accuracy",
     "fewshot_accuracy": "holdout/fewshot_accuracy",
+    "library_accuracy": "holdout/library_accuracy",
 }
 
 

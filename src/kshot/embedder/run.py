@@ -260,7 +260,12 @@ class _Run:
 
 
 def format_scores(metrics: dict) -> str:
-    names = {"precision_at_1": "P@1", "accuracy": "acc", "fewshot_accuracy": "new-class acc"}
+    names = {
+        "precision_at_1": "P@1",
+        "accuracy": "acc",
+        "fewshot_accuracy": "new-class acc",
+        "library_accuracy": "new-class acc in library",
+    }
     return "  ".join(f"{names.get(k, k)} {v:.1%}" for k, v in metrics.items())
 
 
@@ -286,15 +291,22 @@ def _read_state(path: Path) -> dict:
 
 
 def _warn_if_new_classes_got_worse(before: dict, after: dict, held: list[str]) -> None:
-    key = "fewshot_accuracy"
-    if key in before and key in after and after[key] < before[key]:
+    names = {
+        "library_accuracy": "few-shot accuracy in the library of all classes",
+        "fewshot_accuracy": "few-shot accuracy among themselves",
+    }
+    worse = [
+        f"{what} fell from {before[key]:.1%} with the untrained backbone's features to "
+        f"{after[key]:.1%}"
+        for key, what in names.items()
+        if key in before and key in after and after[key] < before[key]
+    ]
+    if worse:
         log.warning(
-            "training made new classes worse: few-shot accuracy on the %d held-out classes "
-            "(%s) fell from %.1f%% with the untrained backbone's features to %.1f%%. "
+            "training made new classes worse: on the %d held-out classes (%s), %s. "
             "Try fewer epochs, --head-epochs with a frozen backbone, a --residual-head, "
             "--interpolate auto, --feature-distillation 1, more augmentation, or no training.",
             len(held),
             ", ".join(held),
-            100 * before[key],
-            100 * after[key],
+            "; ".join(worse),
         )

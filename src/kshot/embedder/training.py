@@ -51,12 +51,16 @@ from kshot.errors import KshotError
 log = logging.getLogger("kshot")
 
 
+SELECTION_ORDER = ("library_accuracy", "fewshot_accuracy", "precision_at_1")
+
+
 def selection_score(metrics: dict) -> float | None:
     """What picks the best epoch, stops a stage early, drives ``plateau`` and chooses
     ``--interpolate auto``'s weight: the held-out classes' few-shot accuracy (what a few-shot
-    embedder is for) when classes are held out, else the known classes' precision@1 (which
-    stays in the log either way)."""
-    for name in ("fewshot_accuracy", "precision_at_1"):
+    embedder is for) when classes are held out, in the library of all classes where the
+    known classes have references, else among the held-out classes alone; without held-out
+    classes, the known classes' precision@1 (which stays in the log either way)."""
+    for name in SELECTION_ORDER:
         if name in metrics:
             return metrics[name]
     return None

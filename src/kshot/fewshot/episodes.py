@@ -132,3 +132,43 @@ def run_episodes(
     if method == "knn":
         result["neighbours"] = neighbours
     return result | {"mean_accuracy": mean, "ci95": ci95, "accuracies": accuracies}
+
+
+def run_library_episodes(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    known_vectors: np.ndarray,
+    known_labels: np.ndarray,
+    shots: int,
+    queries: int,
+    episodes: int,
+    seed: int = 0,
+) -> dict:
+    """New classes' accuracy in a library that already holds other classes: each episode
+    enrols ``shots`` images of every class of ``labels (n,)`` beside all of ``known_vectors
+    (m, d)`` (classes ``known_labels (m,)``, none of them in ``labels``), and classifies
+    ``queries`` other images of each new class among ALL the classes, by prototypes.
+
+    What a user sees after ``kshot enroll`` of a new class into a trained library, and harder
+    than :func:`run_episodes` among the new classes alone: a new class's photo can also be
+    taken for a known class, which is how training that overfits its own classes fails
+    (photos of the new classes drawn into the clusters of the known ones)."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be at least 1, not {episodes}")
+    labels, known_labels = np.asarray(labels), np.asarray(known_labels)
+    shared = np.intersect1d(labels, known_labels)
+    if len(shared):
+        raise ValueError(f"classes both new and known: {', '.join(map(str, shared[:5]))}")
+    members = _members(labels)
+    all_vectors = np.concatenate([vectors, known_vectors])
+    all_labels = np.concatenate([labels, known_labels])
+    known = np.arange(len(vectors), len(all_vectors))
+    rng, accuracies = np.random.default_rng(seed), []
+    for _ in range(episodes):
+        support, query = _sample(rng, members, len(members), shots, queries)
+        support = np.concatenate([support, known])
+        accuracies.append(episode_accuracy(all_vectors, all_labels, support, query))
+    mean, ci95 = mean_ci95(accuracies)
+    classes = len(members) + len(np.unique(known_labels))
+    result = {"ways": classes, "shots": shots, "queries": queries, "episodes": episodes}
+    return result | {"seed": seed, "mean_accuracy": mean, "ci95": ci95, "accuracies": accuracies}
