@@ -15,6 +15,7 @@ def test_a_distilled_student_serves_a_library(kshot, tmp_path, images):
         "--image-size", "32", "--out", student, "--epochs", "3", "--batch-size", "4",
     ).output  # fmt: skip
     assert "distilling" in output and "into conv4 on 12 images" in output
+    assert "the lowest loss on them all (too few to hold some out)" in output
     assert "epoch 3/3" in output and f"wrote {student}" in output
     (learnt, info), (taught, _) = load_checkpoint(student), load_checkpoint(teacher)
     assert info["distilled"] and info["teacher_model"] == model_hash(taught)

@@ -11,6 +11,7 @@ from kshot.embedder.distill import (
     build_student,
     distill,
     distillation_loss,
+    holdout_split,
 )
 from kshot.embedder.model import EmbedderConfig, build_embedder
 from kshot.embedder.preprocess import PreprocessConfig
@@ -35,6 +36,25 @@ def test_a_bad_setting_is_refused():
         DistillConfig(loss="l1")
     with pytest.raises(KshotError, match="at least 0"):
         DistillConfig(relational=-1)
+    with pytest.raises(KshotError, match=r"held-out share must be in \[0, 1\), not 1.0"):
+        DistillConfig(holdout=1.0)
+
+
+def test_the_held_out_images_are_a_seeded_share_apart_from_the_training_ones():
+    train, held = holdout_split(100, DistillConfig(holdout=0.2, seed=3))
+    assert len(held) == 20 and len(train) == 80
+    assert sorted(set(train.tolist()) | set(held.tolist())) == list(range(100))
+    again, other = (
+        holdout_split(100, DistillConfig(holdout=0.2, seed=3)),
+        holdout_split(100, DistillConfig(holdout=0.2, seed=4)),
+    )
+    assert torch.equal(again[1], held) and not torch.equal(other[1], held)
+
+
+def test_too_few_to_hold_out_leaves_the_training_images_to_pick():
+    train, held = holdout_split(40, DistillConfig(holdout=0.1))  # 4 < MIN_HOLDOUT
+    assert torch.equal(train, torch.arange(40)) and torch.equal(held, torch.arange(40))
+    assert torch.equal(holdout_split(40, DistillConfig(holdout=0.0))[1], torch.arange(40))
 
 
 def colour_student(size: int = 32):
@@ -89,3 +109,28 @@ def test_the_student_has_no_head_and_its_own_input_size():
     assert student.config.embedding_dim is None
     assert student.embedding_dim == 256  # conv4 flattens 64 channels x 2 x 2 at 32 pixels
     assert student.config.preprocess.input_size == 32
+
+
+def test_the_held_out_images_pick_the_epoch_and_are_never_trained_on():
+    """The held-out images are made blank (one grey level): no image the student trains on
+    may be blank, and every epoch's score is the loss on them."""
+    teacher, images = tiny_embedder(), tiny_images(per_class=10)  # 40: 10 held out
+    config = DistillConfig(epochs=3, batch_size=8, lr=3e-3, holdout=0.25)
+    _, held = holdout_split(len(images.pixels), config)
+    pixels = images.pixels.clone()
+    pixels[held] = 200
+    student = colour_student(16)
+    colour = pixels.repeat(1, 3, 1, 1)
+    trained_on_blank = []
+
+    def check(module, inputs):
+        if module.training:
+            spread = inputs[0].flatten(1).std(dim=1)
+            trained_on_blank.append(bool((spread == 0).any()))
+
+    student.register_forward_pre_hook(check)
+    result = distill(teacher, student, DistillImages(pixels, colour, paths=[]), config)
+    assert result.held_out == len(held) == round(0.25 * len(pixels))
+    assert trained_on_blank and not any(trained_on_blank)
+    scores = [result.loss_before] + [stats["eval_loss"] for stats in result.history]
+    assert result.loss_after == min(scores)

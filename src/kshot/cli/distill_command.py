@@ -37,6 +37,15 @@ def distill(
             min=0.0, help="Weight of matching the batch's pairwise similarities (0: off)."
         ),
     ] = 1.0,
+    holdout: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.99,
+            help="Share of the images kept out of training to pick the epoch (at least 8 "
+            "images, else the training images pick).",
+        ),
+    ] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
     device: Device = "auto",
 ):
@@ -48,19 +57,35 @@ def distill(
         DistillConfig,
         build_student,
         distill_info,
+        holdout_split,
         image_files,
         load_images,
     )
     from kshot.embedder.distill import distill as run_distillation
     from kshot.embedder.runtime import resolve_device
 
-    config = DistillConfig(epochs, batch_size, lr, loss, relational, seed)
+    config = DistillConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        loss=loss,
+        relational=relational,
+        holdout=holdout,
+        seed=seed,
+    )
     teacher_model, _ = load_checkpoint(teacher)
     student = build_student(backbone, image_size, pretrained, weights)
     images = load_images(image_files(data), teacher_model, student)
+    train, held = holdout_split(len(images.paths), config)
+    judged = "held-out images" if len(held) < len(images.paths) else "all images"
     say(
         f"distilling {teacher} ({teacher_model.config.backbone}, {teacher_model.embedding_dim} "
-        f"dimensions) into {backbone} on {len(images.paths)} images"
+        f"dimensions) into {backbone} on {len(images.paths)} images; the epoch kept: "
+        + (
+            f"the lowest loss on {len(held)} held out"
+            if judged == "held-out images"
+            else "the lowest loss on them all (too few to hold some out)"
+        )
     )
     result = run_distillation(
         teacher_model,
@@ -70,7 +95,7 @@ def distill(
         resolve_device(device),
         on_epoch=lambda stats: say(
             f"epoch {stats['epoch']}/{epochs}  loss {stats['loss']:.4f}  "
-            f"all images {stats['eval_loss']:.4f}  {stats['seconds']:.1f} s"
+            f"{judged} {stats['eval_loss']:.4f}  {stats['seconds']:.1f} s"
         ),
     )
     if result.loss_after >= result.loss_before:
