@@ -74,19 +74,19 @@ def test_both_kinds_together(embedder, known):
     assert validation.describe() == (
         "9 held-out images of the training classes and "
         "2 held-out classes (2-way 3-shot, 1 queries per class, 3 episodes; "
-        "standard error at most 17.7%), also in a library of all 5 classes"  # 0.5 / sqrt(8)
+        "standard error at most 17.7%), and 1-shot in a library of all 5 classes"
     )
 
 
 def test_new_classes_in_the_library_compete_with_the_known_ones():
     """Held-out crops of a known class's pattern under new names: alone they are told apart
     from one another, in the library their queries go to the known classes (about as close)
-    as often as not, so the library's score is lower."""
+    as often as not, so the library's score is lower at the same number of shots."""
     embedder = make_conv4(0, embedding_dim=None)
     references = crops({0: 4, 1: 4, 2: 4}, seed=2)
     twins = crops({0: 6, 1: 6, 2: 6}, seed=3)  # the known classes' patterns ...
     twins = ImageSet(twins.pixels, twins.labels + 10)  # ... as new classes 10, 11, 12
-    validation = TrainingValidation(None, references, twins, shots=3, episodes=10)
+    validation = TrainingValidation(None, references, twins, shots=3, episodes=10, library_shots=3)
     scores = validation(embedder)
     assert scores["fewshot_accuracy"] > 0.9
     assert scores["library_accuracy"] < scores["fewshot_accuracy"] - 0.2

@@ -40,6 +40,7 @@ class TrainingValidation:
         holdout: ImageSet | None,
         shots: int = 5,
         episodes: int = 20,
+        library_shots: int = 1,
         seed: int = 0,
     ):
         self.references = references if references is not None and len(references) else None
@@ -54,6 +55,8 @@ class TrainingValidation:
             self.ways = int((counts > 0).sum())
             self.shots = max(1, min(shots, smallest - 1))
             self.queries = smallest - self.shots
+            self.library_shots = max(1, min(library_shots, smallest - 1))
+            self.library_queries = smallest - self.library_shots
             if self.ways < 2 or self.queries < 1:
                 self.holdout = None
 
@@ -81,7 +84,10 @@ class TrainingValidation:
             )
             if self.references is not None:
                 known = len(np.unique(self.references.labels.numpy()))
-                parts[-1] += f", also in a library of all {self.ways + known} classes"
+                parts[-1] += (
+                    f", and {self.library_shots}-shot in a library of all {self.ways + known} "
+                    "classes"
+                )
 
         return " and ".join(parts) if parts else "nothing held out"
 
@@ -137,6 +143,7 @@ class TrainingValidation:
             result = run_episodes(vectors, labels, self.ways, *sizes)
             scores["fewshot_accuracy"] = result["mean_accuracy"]
             if known is not None:
+                sizes = (self.library_shots, self.library_queries, self.episodes, self.seed)
                 library = run_library_episodes(vectors, labels, *known, *sizes)
                 scores["library_accuracy"] = library["mean_accuracy"]
         return scores
