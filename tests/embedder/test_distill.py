@@ -1,5 +1,6 @@
 """Distillation: the loss, a student that embeds as its teacher, and preprocessing of its own."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,12 @@ from kshot.embedder.distill import (
     build_student,
     distill,
     distillation_loss,
+)
+from kshot.embedder.distill_holdout import (
+    DistillHoldout,
+    folder_labels,
     holdout_split,
+    plan_holdout,
 )
 from kshot.embedder.model import EmbedderConfig, build_embedder
 from kshot.embedder.preprocess import PreprocessConfig
@@ -41,20 +47,39 @@ def test_a_bad_setting_is_refused():
 
 
 def test_the_held_out_images_are_a_seeded_share_apart_from_the_training_ones():
-    train, held = holdout_split(100, DistillConfig(holdout=0.2, seed=3))
+    train, held = holdout_split(100, 0.2, seed=3)
     assert len(held) == 20 and len(train) == 80
     assert sorted(set(train.tolist()) | set(held.tolist())) == list(range(100))
-    again, other = (
-        holdout_split(100, DistillConfig(holdout=0.2, seed=3)),
-        holdout_split(100, DistillConfig(holdout=0.2, seed=4)),
-    )
-    assert torch.equal(again[1], held) and not torch.equal(other[1], held)
+    assert torch.equal(holdout_split(100, 0.2, seed=3)[1], held)
+    assert not torch.equal(holdout_split(100, 0.2, seed=4)[1], held)
 
 
 def test_too_few_to_hold_out_leaves_the_training_images_to_pick():
-    train, held = holdout_split(40, DistillConfig(holdout=0.1))  # 4 < MIN_HOLDOUT
+    train, held = holdout_split(40, 0.1, seed=0)  # 4 < MIN_HOLDOUT
     assert torch.equal(train, torch.arange(40)) and torch.equal(held, torch.arange(40))
-    assert torch.equal(holdout_split(40, DistillConfig(holdout=0.0))[1], torch.arange(40))
+    assert torch.equal(holdout_split(40, 0.0, seed=0)[1], torch.arange(40))
+    plan = plan_holdout(torch.zeros(40, 1, 16, 16, dtype=torch.uint8), None, 0.1, None, 0)
+    assert plan.held_out == 0 and plan.validation is None
+    assert plan.describe() == "the lowest loss on them all (too few to hold some out)"
+
+
+def test_images_in_class_folders_are_labelled_by_them(tmp_path):
+    files = [tmp_path / "rust" / "a.png", tmp_path / "rust" / "b.png", tmp_path / "scab" / "c.png"]
+    assert folder_labels(tmp_path, files).tolist() == ["rust", "rust", "scab"]
+    assert folder_labels(tmp_path, [*files, tmp_path / "loose.png"]) is None  # not all in one
+
+
+def test_with_classes_whole_classes_are_held_out_and_scored():
+    labels = np.repeat([f"class {c}" for c in range(10)], 4)
+    pixels = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8)
+    plan = plan_holdout(pixels, labels, 0.1, None, 0)  # kshot train's default: 10 // 5 = 2
+    assert len(plan.classes) == 2 and set(labels[plan.held.numpy()]) == set(plan.classes)
+    assert not set(labels[plan.train.numpy()]) & set(plan.classes)
+    assert len(plan.train) + len(plan.held) == 40 and plan.held_out == 8
+    assert plan.validation is not None and plan.validation.ways == 2
+    assert plan.describe() == "few-shot accuracy on 2 held-out classes"
+    assert plan_holdout(pixels, labels, 0.1, 0, 0).validation is None  # 0: none, by share
+    assert plan_holdout(pixels, labels, 0.1, 9, 0).validation is None  # 1 left to train on
 
 
 def colour_student(size: int = 32):
@@ -116,7 +141,7 @@ def test_the_held_out_images_pick_the_epoch_and_are_never_trained_on():
     may be blank, and every epoch's score is the loss on them."""
     teacher, images = tiny_embedder(), tiny_images(per_class=10)  # 40: 10 held out
     config = DistillConfig(epochs=3, batch_size=8, lr=3e-3, holdout=0.25)
-    _, held = holdout_split(len(images.pixels), config)
+    _, held = holdout_split(len(images.pixels), 0.25, config.seed)
     pixels = images.pixels.clone()
     pixels[held] = 200
     student = colour_student(16)
@@ -134,3 +159,30 @@ def test_the_held_out_images_pick_the_epoch_and_are_never_trained_on():
     assert trained_on_blank and not any(trained_on_blank)
     scores = [result.loss_before] + [stats["eval_loss"] for stats in result.history]
     assert result.loss_after == min(scores)
+
+
+def test_the_held_out_classes_scores_pick_the_epoch_the_student_keeps():
+    """The held-out classes score 0.5 at the start, then 0.4, 0.7, 0.6: epoch 2's weights are
+    kept, whatever the loss says."""
+    teacher, images = tiny_embedder(), tiny_images(per_class=10)
+    scores = iter([0.5, 0.4, 0.7, 0.6])
+    weights = {}
+
+    def validation(student):
+        return {"library_accuracy": next(scores)}
+
+    plan = DistillHoldout(torch.arange(30), torch.arange(30, 40), validation, ["a", "b"])
+    student = colour_student(16)
+    config = DistillConfig(epochs=3, batch_size=8, lr=3e-3)
+    pair = DistillImages(images.pixels, images.pixels.repeat(1, 3, 1, 1), paths=[])
+
+    def remember(stats):
+        weights[stats["epoch"]] = {k: v.clone() for k, v in student.state_dict().items()}
+
+    result = distill(teacher, student, pair, config, on_epoch=remember, plan=plan)
+    assert result.best_epoch == 2 and result.scores_after == {"library_accuracy": 0.7}
+    assert result.scores_before == {"library_accuracy": 0.5} and result.held_classes == ["a", "b"]
+    assert result.loss_after == result.history[1]["eval_loss"]
+    kept = student.state_dict()
+    assert all(torch.equal(kept[k], weights[2][k]) for k in kept)
+    assert not all(torch.equal(kept[k], weights[3][k]) for k in kept)

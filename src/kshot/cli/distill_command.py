@@ -37,12 +37,20 @@ def distill(
             min=0.0, help="Weight of matching the batch's pairwise similarities (0: off)."
         ),
     ] = 1.0,
+    holdout_classes: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="With class sub-folders: whole classes kept out of training, whose few-shot "
+            "accuracy picks the epoch (default: a fifth, at most 5; 0: none).",
+        ),
+    ] = None,
     holdout: Annotated[
         float,
         typer.Option(
             min=0.0,
             max=0.99,
-            help="Share of the images kept out of training to pick the epoch (at least 8 "
+            help="Without classes: the share of images whose loss picks the epoch (at least 8 "
             "images, else the training images pick).",
         ),
     ] = 0.1,
@@ -57,11 +65,13 @@ def distill(
         DistillConfig,
         build_student,
         distill_info,
-        holdout_split,
+        holdout_plan,
         image_files,
         load_images,
     )
     from kshot.embedder.distill import distill as run_distillation
+    from kshot.embedder.distill_holdout import folder_labels
+    from kshot.embedder.run import format_scores
     from kshot.embedder.runtime import resolve_device
 
     config = DistillConfig(
@@ -71,22 +81,20 @@ def distill(
         loss=loss,
         relational=relational,
         holdout=holdout,
+        holdout_classes=holdout_classes,
         seed=seed,
     )
     teacher_model, _ = load_checkpoint(teacher)
     student = build_student(backbone, image_size, pretrained, weights)
-    images = load_images(image_files(data), teacher_model, student)
-    train, held = holdout_split(len(images.paths), config)
-    judged = "held-out images" if len(held) < len(images.paths) else "all images"
+    files = image_files(data)
+    images = load_images(files, teacher_model, student, folder_labels(data, files))
+    plan = holdout_plan(images, config)
     say(
         f"distilling {teacher} ({teacher_model.config.backbone}, {teacher_model.embedding_dim} "
         f"dimensions) into {backbone} on {len(images.paths)} images; the epoch kept: "
-        + (
-            f"the lowest loss on {len(held)} held out"
-            if judged == "held-out images"
-            else "the lowest loss on them all (too few to hold some out)"
-        )
+        f"{plan.describe()}"
     )
+    judged = "held-out images" if plan.held_out else "all images"
     result = run_distillation(
         teacher_model,
         student,
@@ -95,17 +103,26 @@ def distill(
         resolve_device(device),
         on_epoch=lambda stats: say(
             f"epoch {stats['epoch']}/{epochs}  loss {stats['loss']:.4f}  "
-            f"{judged} {stats['eval_loss']:.4f}  {stats['seconds']:.1f} s"
+            f"{judged} {stats['eval_loss']:.4f}  {format_scores(stats['scores'])}  "
+            f"{stats['seconds']:.1f} s"
         ),
+        plan=plan,
     )
-    if result.loss_after >= result.loss_before:
+    if result.best_epoch == 0:
         say(
-            f"kshot: no epoch ended below the student's starting loss ({result.loss_before:.4f}),"
-            " so the student is its backbone as it was; try more --epochs or another --lr"
+            f"kshot: no epoch did better than the student's start ({plan.describe()}), so the "
+            "student is its backbone as it was; try more --epochs or another --lr"
         )
     info = distill_info(teacher, model_hash(teacher_model), data, config, result)
     digest = save_checkpoint(student.cpu(), out, info)
+    kept = f"epoch {result.best_epoch}" if result.best_epoch else "its start"
     say(
-        f"wrote {out} (model {digest[:12]}); loss {result.loss_before:.4f} before, "
+        f"wrote {out} (model {digest[:12]}), {kept}: loss {result.loss_before:.4f} before, "
         f"{result.loss_after:.4f} after"
+        + (
+            f"; {format_scores(result.scores_before)} before, "
+            f"{format_scores(result.scores_after)} after"
+            if result.scores_before
+            else ""
+        )
     )

@@ -17,13 +17,8 @@ Teacher and student each decode and preprocess the images their own way (size, c
 normalisation), so any pair works. The teacher embeds every image once, without augmentation,
 which is why the student sees the images as they are.
 
-A share of the images (``holdout``) is kept out of training and of the projection's fit, and
-the epoch kept is the one whose loss on them is lowest. Scored on the training images, the
-start always won: its projection is a ridge regression fitted on those very images (over a
-thousand features for about as many images), a fit no gradient step beats there. On
-PlantVillage the student of that start kept its backbone's weights while three epochs would
-have lifted its new-class accuracy by 1-3 points (BENCHMARKS.md). Written by hand: neither
-pytorch-metric-learning nor timm has a feature-distillation loss.
+Images or classes are held out to pick the epoch kept (kshot.embedder.distill_holdout).
+Written by hand: neither pytorch-metric-learning nor timm has a feature-distillation loss.
 """
 
 from __future__ import annotations
@@ -41,11 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kshot.embedder.distill_holdout import DistillHoldout, plan_holdout
 from kshot.embedder.images import class_folders, list_images
 from kshot.embedder.inference import embed_pixels, load_pixels
 from kshot.embedder.model import Embedder
 from kshot.embedder.runtime import tune_allocator
-from kshot.embedder.training import seed_everything
+from kshot.embedder.training import seed_everything, selection_score
 from kshot.errors import KshotError
 
 log = logging.getLogger("kshot")
@@ -60,7 +56,8 @@ class DistillConfig:
     lr: float = 3e-4  # kshot train's --finetune-lr: the student's backbone is pretrained
     loss: str = "cosine"
     relational: float = 1.0  # the weight of the relational term; 0: off
-    holdout: float = 0.1  # the share of images that picks the epoch (none under MIN_HOLDOUT)
+    holdout: float = 0.1  # without classes: the share of images whose loss picks the epoch
+    holdout_classes: int | None = None  # with classes: how many pick it (None: kshot train's)
     seed: int = 0
 
     def __post_init__(self):
@@ -72,21 +69,6 @@ class DistillConfig:
             raise KshotError(f"the relational weight must be at least 0, not {self.relational}")
         if not 0.0 <= self.holdout < 1.0:
             raise KshotError(f"the held-out share must be in [0, 1), not {self.holdout}")
-
-
-MIN_HOLDOUT = 8  # fewer held-out images than this judge nothing: the training images do
-
-
-def holdout_split(count: int, config: DistillConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(train, held)`` indices into ``count`` images: ``config.holdout`` of them, drawn with
-    the seed, are held out to pick the epoch, unless that is fewer than :data:`MIN_HOLDOUT` or
-    leaves fewer than two to train on; then ``held`` is every image (the training images
-    pick)."""
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(config.seed))
-    held = round(config.holdout * count)
-    if held < MIN_HOLDOUT or count - held < 2:
-        return order.sort().values, order.sort().values
-    return order[held:].sort().values, order[:held].sort().values
 
 
 def build_student(
@@ -176,11 +158,14 @@ class DistillImages:
     teacher: torch.Tensor  # uint8 crops, the teacher's size and channels
     student: torch.Tensor  # uint8 crops, the student's
     paths: list[Path]
+    labels: np.ndarray | None = None  # each image's class, where they come in classes
 
 
-def load_images(files: list[Path], teacher: Embedder, student: Embedder) -> DistillImages:
-    """Decode ``files`` twice, once as each network expects; a file either cannot read is
-    reported and left out."""
+def load_images(
+    files: list[Path], teacher: Embedder, student: Embedder, labels: np.ndarray | None = None
+) -> DistillImages:
+    """Decode ``files`` (of classes ``labels``, if given) twice, once as each network expects;
+    a file either cannot read is reported and left out."""
     teacher_pixels, teacher_kept, failed = load_pixels(teacher.config.preprocess, files)
     student_pixels, student_kept, _ = load_pixels(student.config.preprocess, files)
     for _, error in failed:
@@ -194,15 +179,27 @@ def load_images(files: list[Path], teacher: Embedder, student: Embedder) -> Dist
         teacher_pixels[[t_index[i] for i in both]],
         student_pixels[[s_index[i] for i in both]],
         [files[i] for i in both],
+        None if labels is None else np.asarray(labels)[both],
+    )
+
+
+def holdout_plan(images: DistillImages, config: DistillConfig) -> DistillHoldout:
+    """What ``config`` holds out of ``images`` to pick the epoch."""
+    return plan_holdout(
+        images.student, images.labels, config.holdout, config.holdout_classes, config.seed
     )
 
 
 @dataclass
 class DistillResult:
     loss_before: float  # the student's loss on the held-out images, before training
-    loss_after: float  # and after, with the weights of the epoch that ended lowest
-    history: list[dict]  # per epoch: epoch, loss (the mean over its batches), seconds, eval_loss
+    loss_after: float  # and with the weights it keeps
+    history: list[dict]  # per epoch: epoch, loss (batches' mean), seconds, eval_loss, scores
     held_out: int = 0  # images kept out of training to pick the epoch; 0: the training images
+    best_epoch: int = 0  # the epoch whose weights the student keeps; 0: its start
+    scores_before: dict = dataclasses.field(default_factory=dict)  # held-out classes', if any
+    scores_after: dict = dataclasses.field(default_factory=dict)
+    held_classes: list[str] = dataclasses.field(default_factory=list)
 
 
 def student_loss(
@@ -226,21 +223,36 @@ def distill(
     config: DistillConfig,
     device: torch.device | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    plan: DistillHoldout | None = None,
 ) -> DistillResult:
     """Train ``student`` in place to embed ``images`` as ``teacher`` does; it ends with the
-    weights (the start's included) whose loss on the held-out images is lowest."""
+    weights, its start's included, that score best on what ``plan`` holds out (by default
+    :func:`holdout_plan`'s)."""
     device = device or torch.device("cpu")
     tune_allocator()  # embedding the teacher's targets took 3.4x as long without (256 images)
     teacher = teacher.for_inference(device)  # channels-last: 1.9x faster again
     student.to(device)
-    train, held = holdout_split(len(images.student), config)
+    plan = plan or holdout_plan(images, config)
+    train, held = plan.train, plan.held
     targets = torch.from_numpy(embed_pixels(teacher, images.teacher))
     initial = torch.from_numpy(embed_pixels(student, images.student))
     loss_fn = DistillLoss(config, (initial[train], targets[train])).to(device)
     before = _loss_of(initial[held], targets[held], loss_fn)  # the start: embedded once
+    scores_before = plan.validation(student) if plan.validation is not None else {}
+
+    def rank(loss: float, scores: dict) -> float:  # higher is better
+        return selection_score(scores) if plan.validation is not None else -loss
+
     optimizer = torch.optim.Adam([*student.parameters(), *loss_fn.parameters()], lr=config.lr)
     normalize = student.config.preprocess.normalize
-    history, best = [], (before, copy.deepcopy(student.state_dict()))
+    history = []
+    best = (
+        rank(before, scores_before),
+        0,
+        before,
+        scores_before,
+        copy.deepcopy(student.state_dict()),
+    )
     for epoch in range(1, config.epochs + 1):
         seed_everything(config.seed + epoch)
         student.train()
@@ -261,15 +273,20 @@ def distill(
             "seconds": time.perf_counter() - start,
         }
         stats["eval_loss"] = student_loss(student, images.student[held], targets[held], loss_fn)
+        stats["scores"] = plan.validation(student) if plan.validation is not None else {}
         history.append(stats)
-        if stats["eval_loss"] < best[0]:
-            best = (stats["eval_loss"], copy.deepcopy(student.state_dict()))
+        if rank(stats["eval_loss"], stats["scores"]) > best[0]:
+            best = (rank(stats["eval_loss"], stats["scores"]), epoch, stats["eval_loss"],
+                    stats["scores"], copy.deepcopy(student.state_dict()))  # fmt: skip
         if on_epoch is not None:
             on_epoch(stats)
-    student.load_state_dict(best[1])
+    _, best_epoch, loss_after, scores_after, weights = best
+    student.load_state_dict(weights)
     student.eval()
-    held_out = len(held) if len(held) < len(images.student) else 0
-    return DistillResult(before, best[0], history, held_out)
+    return DistillResult(
+        before, loss_after, history, plan.held_out, best_epoch, scores_before, scores_after,
+        plan.classes,
+    )  # fmt: skip
 
 
 def distill_info(
@@ -287,5 +304,9 @@ def distill_info(
         "loss_before": result.loss_before,
         "loss_after": result.loss_after,
         "held_out_images": result.held_out,
+        "holdout_classes": result.held_classes,
+        "best_epoch": result.best_epoch,
+        "scores_before": result.scores_before,
+        "scores_after": result.scores_after,
         "history": result.history,
     }
