@@ -12,7 +12,7 @@ default ``--method logistic`` decides):
 - each student (``BACKBONE:SIZE``: the backbone at that input side; it embeds with its own
   features, the projection onto the teacher's size being the distillation loss's);
 - each student's backbone untrained by distillation: its ImageNet features at the same input
-  side and preprocessing (where no epoch beat the student's start, the two are the same).
+  side and preprocessing.
 
 Query cost, also in this run, the way a library embeds a query: ``embed_files`` (decode,
 preprocess, forward) on the model in inference mode, torch on ONE thread for every model (the

@@ -58,9 +58,9 @@ def test_too_few_to_hold_out_leaves_the_training_images_to_pick():
     train, held = holdout_split(40, 0.1, seed=0)  # 4 < MIN_HOLDOUT
     assert torch.equal(train, torch.arange(40)) and torch.equal(held, torch.arange(40))
     assert torch.equal(holdout_split(40, 0.0, seed=0)[1], torch.arange(40))
-    plan = plan_holdout(torch.zeros(40, 1, 16, 16, dtype=torch.uint8), None, 0.1, None, 0)
+    plan = plan_holdout(torch.zeros(40, 1, 16, 16, dtype=torch.uint8), None, 0.1, 0, 0)
     assert plan.held_out == 0 and plan.validation is None
-    assert plan.describe() == "the lowest loss on them all (too few to hold some out)"
+    assert plan.describe() == "nothing held out (too few images)"
 
 
 def test_images_in_class_folders_are_labelled_by_them(tmp_path):
@@ -72,14 +72,28 @@ def test_images_in_class_folders_are_labelled_by_them(tmp_path):
 def test_with_classes_whole_classes_are_held_out_and_scored():
     labels = np.repeat([f"class {c}" for c in range(10)], 4)
     pixels = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8)
-    plan = plan_holdout(pixels, labels, 0.1, None, 0)  # kshot train's default: 10 // 5 = 2
+    plan = plan_holdout(pixels, labels, 0.1, 2, 0)
     assert len(plan.classes) == 2 and set(labels[plan.held.numpy()]) == set(plan.classes)
     assert not set(labels[plan.train.numpy()]) & set(plan.classes)
     assert len(plan.train) + len(plan.held) == 40 and plan.held_out == 8
     assert plan.validation is not None and plan.validation.ways == 2
-    assert plan.describe() == "few-shot accuracy on 2 held-out classes"
-    assert plan_holdout(pixels, labels, 0.1, 0, 0).validation is None  # 0: none, by share
-    assert plan_holdout(pixels, labels, 0.1, 9, 0).validation is None  # 1 left to train on
+    assert plan.describe().startswith("2 classes held out (8 images): 2 held-out classes")
+    assert plan_holdout(pixels, labels, 0.1, 0, 0).validation is None  # 0: a share of images
+
+
+@pytest.mark.parametrize(
+    ("count", "labelled", "message"),
+    [
+        (1, True, "hold out at least 2"),
+        (9, True, "leave at least 2 to train on"),
+        (2, False, "needs the images in class sub-folders"),
+    ],
+)
+def test_held_out_classes_that_cannot_be_are_a_clear_error(count, labelled, message):
+    labels = np.repeat([f"class {c}" for c in range(10)], 4) if labelled else None
+    pixels = torch.zeros(40, 1, 16, 16, dtype=torch.uint8)
+    with pytest.raises(KshotError, match=message):
+        plan_holdout(pixels, labels, 0.1, count, 0)
 
 
 def colour_student(size: int = 32):
@@ -136,9 +150,9 @@ def test_the_student_has_no_head_and_its_own_input_size():
     assert student.config.preprocess.input_size == 32
 
 
-def test_the_held_out_images_pick_the_epoch_and_are_never_trained_on():
+def test_the_held_out_images_are_never_trained_on():
     """The held-out images are made blank (one grey level): no image the student trains on
-    may be blank, and every epoch's score is the loss on them."""
+    may be blank, and the loss reported is the loss on them."""
     teacher, images = tiny_embedder(), tiny_images(per_class=10)  # 40: 10 held out
     config = DistillConfig(epochs=3, batch_size=8, lr=3e-3, holdout=0.25)
     _, held = holdout_split(len(images.pixels), 0.25, config.seed)
@@ -157,13 +171,12 @@ def test_the_held_out_images_pick_the_epoch_and_are_never_trained_on():
     result = distill(teacher, student, DistillImages(pixels, colour, paths=[]), config)
     assert result.held_out == len(held) == round(0.25 * len(pixels))
     assert trained_on_blank and not any(trained_on_blank)
-    scores = [result.loss_before] + [stats["eval_loss"] for stats in result.history]
-    assert result.loss_after == min(scores)
+    assert result.loss_after == result.history[-1]["eval_loss"]
 
 
-def test_the_held_out_classes_scores_pick_the_epoch_the_student_keeps():
-    """The held-out classes score 0.5 at the start, then 0.4, 0.7, 0.6: epoch 2's weights are
-    kept, whatever the loss says."""
+def test_the_student_keeps_its_last_weights_and_reports_each_epochs_scores():
+    """The held-out classes score 0.5 at the start, then 0.4, 0.7, 0.6: each epoch's score is
+    reported and the student ends with epoch 3's weights, whatever the scores say."""
     teacher, images = tiny_embedder(), tiny_images(per_class=10)
     scores = iter([0.5, 0.4, 0.7, 0.6])
     weights = {}
@@ -180,9 +193,10 @@ def test_the_held_out_classes_scores_pick_the_epoch_the_student_keeps():
         weights[stats["epoch"]] = {k: v.clone() for k, v in student.state_dict().items()}
 
     result = distill(teacher, student, pair, config, on_epoch=remember, plan=plan)
-    assert result.best_epoch == 2 and result.scores_after == {"library_accuracy": 0.7}
-    assert result.scores_before == {"library_accuracy": 0.5} and result.held_classes == ["a", "b"]
-    assert result.loss_after == result.history[1]["eval_loss"]
+    assert [stats["scores"]["library_accuracy"] for stats in result.history] == [0.4, 0.7, 0.6]
+    assert result.scores_before == {"library_accuracy": 0.5}
+    assert result.scores_after == {"library_accuracy": 0.6} and result.held_classes == ["a", "b"]
+    assert result.loss_after == result.history[-1]["eval_loss"] and result.held_out == 10
     kept = student.state_dict()
-    assert all(torch.equal(kept[k], weights[2][k]) for k in kept)
-    assert not all(torch.equal(kept[k], weights[3][k]) for k in kept)
+    assert all(torch.equal(kept[k], weights[3][k]) for k in kept)
+    assert not all(torch.equal(kept[k], weights[2][k]) for k in kept)

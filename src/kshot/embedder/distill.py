@@ -17,13 +17,12 @@ Teacher and student each decode and preprocess the images their own way (size, c
 normalisation), so any pair works. The teacher embeds every image once, without augmentation,
 which is why the student sees the images as they are.
 
-Images or classes are held out to pick the epoch kept (kshot.embedder.distill_holdout).
+Images or whole classes are held out to report on (kshot.embedder.distill_holdout).
 Written by hand: neither pytorch-metric-learning nor timm has a feature-distillation loss.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import time
@@ -41,7 +40,7 @@ from kshot.embedder.images import class_folders, list_images
 from kshot.embedder.inference import embed_pixels, load_pixels
 from kshot.embedder.model import Embedder
 from kshot.embedder.runtime import tune_allocator
-from kshot.embedder.training import seed_everything, selection_score
+from kshot.embedder.training import seed_everything
 from kshot.errors import KshotError
 
 log = logging.getLogger("kshot")
@@ -56,8 +55,8 @@ class DistillConfig:
     lr: float = 3e-4  # kshot train's --finetune-lr: the student's backbone is pretrained
     loss: str = "cosine"
     relational: float = 1.0  # the weight of the relational term; 0: off
-    holdout: float = 0.1  # without classes: the share of images whose loss picks the epoch
-    holdout_classes: int | None = None  # with classes: how many pick it (None: kshot train's)
+    holdout: float = 0.1  # the share of images kept out to report the loss on
+    holdout_classes: int = 0  # with class folders: whole classes kept out to score on
     seed: int = 0
 
     def __post_init__(self):
@@ -193,10 +192,9 @@ def holdout_plan(images: DistillImages, config: DistillConfig) -> DistillHoldout
 @dataclass
 class DistillResult:
     loss_before: float  # the student's loss on the held-out images, before training
-    loss_after: float  # and with the weights it keeps
+    loss_after: float  # and after
     history: list[dict]  # per epoch: epoch, loss (batches' mean), seconds, eval_loss, scores
     held_out: int = 0  # images kept out of training to pick the epoch; 0: the training images
-    best_epoch: int = 0  # the epoch whose weights the student keeps; 0: its start
     scores_before: dict = dataclasses.field(default_factory=dict)  # held-out classes', if any
     scores_after: dict = dataclasses.field(default_factory=dict)
     held_classes: list[str] = dataclasses.field(default_factory=list)
@@ -225,9 +223,10 @@ def distill(
     on_epoch: Callable[[dict], None] | None = None,
     plan: DistillHoldout | None = None,
 ) -> DistillResult:
-    """Train ``student`` in place to embed ``images`` as ``teacher`` does; it ends with the
-    weights, its start's included, that score best on what ``plan`` holds out (by default
-    :func:`holdout_plan`'s)."""
+    """Train ``student`` in place for ``config.epochs`` epochs to embed ``images`` as
+    ``teacher`` does, scoring after each what ``plan`` holds out (by default
+    :func:`holdout_plan`'s). The student keeps its last weights: see distill_holdout for why
+    no score picks an epoch."""
     device = device or torch.device("cpu")
     tune_allocator()  # embedding the teacher's targets took 3.4x as long without (256 images)
     teacher = teacher.for_inference(device)  # channels-last: 1.9x faster again
@@ -239,20 +238,9 @@ def distill(
     loss_fn = DistillLoss(config, (initial[train], targets[train])).to(device)
     before = _loss_of(initial[held], targets[held], loss_fn)  # the start: embedded once
     scores_before = plan.validation(student) if plan.validation is not None else {}
-
-    def rank(loss: float, scores: dict) -> float:  # higher is better
-        return selection_score(scores) if plan.validation is not None else -loss
-
     optimizer = torch.optim.Adam([*student.parameters(), *loss_fn.parameters()], lr=config.lr)
     normalize = student.config.preprocess.normalize
     history = []
-    best = (
-        rank(before, scores_before),
-        0,
-        before,
-        scores_before,
-        copy.deepcopy(student.state_dict()),
-    )
     for epoch in range(1, config.epochs + 1):
         seed_everything(config.seed + epoch)
         student.train()
@@ -275,16 +263,12 @@ def distill(
         stats["eval_loss"] = student_loss(student, images.student[held], targets[held], loss_fn)
         stats["scores"] = plan.validation(student) if plan.validation is not None else {}
         history.append(stats)
-        if rank(stats["eval_loss"], stats["scores"]) > best[0]:
-            best = (rank(stats["eval_loss"], stats["scores"]), epoch, stats["eval_loss"],
-                    stats["scores"], copy.deepcopy(student.state_dict()))  # fmt: skip
         if on_epoch is not None:
             on_epoch(stats)
-    _, best_epoch, loss_after, scores_after, weights = best
-    student.load_state_dict(weights)
     student.eval()
+    last = history[-1] if history else {"eval_loss": before, "scores": scores_before}
     return DistillResult(
-        before, loss_after, history, plan.held_out, best_epoch, scores_before, scores_after,
+        before, last["eval_loss"], history, plan.held_out, scores_before, last["scores"],
         plan.classes,
     )  # fmt: skip
 
@@ -305,7 +289,6 @@ def distill_info(
         "loss_after": result.loss_after,
         "held_out_images": result.held_out,
         "holdout_classes": result.held_classes,
-        "best_epoch": result.best_epoch,
         "scores_before": result.scores_before,
         "scores_after": result.scores_after,
         "history": result.history,
