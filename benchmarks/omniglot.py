@@ -95,6 +95,7 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--embedding-dim", type=int, default=None)
+    parser.add_argument("--image-size", type=int, default=None, help="default: conv4's 28 px")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--val-fraction", type=float, default=0.0, help="held out to pick the best epoch"
@@ -115,6 +116,7 @@ def main() -> int:
         background = unpack_background(args.data, Path(tmp) / "background")
         recipe = TrainConfig(
             backbone="conv4",  # 28 px grey by default
+            image_size=args.image_size,
             embedding_dim=args.embedding_dim,
             rotation_classes=True,
             augment=augment_config(args.augment, args.augment_option),
