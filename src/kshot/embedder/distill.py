@@ -183,7 +183,7 @@ def load_images(
 
 
 def holdout_plan(images: DistillImages, config: DistillConfig) -> DistillHoldout:
-    """What ``config`` holds out of ``images`` to pick the epoch."""
+    """What ``config`` holds out of ``images`` to report on."""
     return plan_holdout(
         images.student, images.labels, config.holdout, config.holdout_classes, config.seed
     )
@@ -194,7 +194,7 @@ class DistillResult:
     loss_before: float  # the student's loss on the held-out images, before training
     loss_after: float  # and after
     history: list[dict]  # per epoch: epoch, loss (batches' mean), seconds, eval_loss, scores
-    held_out: int = 0  # images kept out of training to pick the epoch; 0: the training images
+    held_out: int = 0  # images kept out of training; 0: the loss is the training images'
     scores_before: dict = dataclasses.field(default_factory=dict)  # held-out classes', if any
     scores_after: dict = dataclasses.field(default_factory=dict)
     held_classes: list[str] = dataclasses.field(default_factory=list)
