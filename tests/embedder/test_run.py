@@ -18,6 +18,7 @@ from kshot.embedder.training import EpochStats
         ({}, {"fewshot_accuracy": 0.1}, False),
         ({"fewshot_accuracy": 0.9}, {"precision_at_1": 0.1}, False),
         ({"library_accuracy": 0.8}, {"library_accuracy": 0.6}, True),
+        ({"library_accuracy": 0.34091}, {"library_accuracy": 0.34089}, False),  # both 34.1%
         ({"library_accuracy": 0.8, "fewshot_accuracy": 0.5}, {"library_accuracy": 0.6}, True),
     ],
 )

@@ -121,10 +121,11 @@ def distill(
 
 
 def _warn_if_held_out_classes_got_worse(result, say) -> None:
+    from kshot.embedder.run import fell
     from kshot.embedder.training import selection_score
 
     before, after = selection_score(result.scores_before), selection_score(result.scores_after)
-    if before is not None and after is not None and after < before:
+    if before is not None and after is not None and fell(before, after):
         say(
             f"kshot: warning: the student scores lower on the {len(result.held_classes)} "
             f"held-out classes ({', '.join(result.held_classes)}) than before distillation "

@@ -290,6 +290,11 @@ def _read_state(path: Path) -> dict:
     return state
 
 
+def fell(before: float, after: float) -> bool:
+    """Whether a score fell by as much as its printed form (0.1%) shows."""
+    return round(after, 3) < round(before, 3)
+
+
 def _warn_if_new_classes_got_worse(before: dict, after: dict, held: list[str]) -> None:
     names = {
         "library_accuracy": "few-shot accuracy in the library of all classes",
@@ -299,7 +304,7 @@ def _warn_if_new_classes_got_worse(before: dict, after: dict, held: list[str]) -
         f"{what} fell from {before[key]:.1%} with the untrained backbone's features to "
         f"{after[key]:.1%}"
         for key, what in names.items()
-        if key in before and key in after and after[key] < before[key]
+        if key in before and key in after and fell(before[key], after[key])
     ]
     if worse:
         log.warning(
