@@ -27,7 +27,7 @@ Distillation runs with ``--train-threads`` torch threads (OMP_NUM_THREADS of the
 Model files go to ``--out`` and are reused when present (a rerun scores them again without
 retraining); logs of the ``kshot`` subprocesses and ``results.json`` go there too.
 
-    nice python benchmarks/distill.py --out /tmp/distill/run --epochs 4         # BENCHMARKS.md
+    nice python benchmarks/distill.py --out /tmp/distill/run --epochs 6         # BENCHMARKS.md
     python benchmarks/distill.py --out /tmp/distill/smoke --epochs 1 --per-class 6 \\
         --timing-photos 30 --batch-rounds 1                                       # smoke test
 """

@@ -77,7 +77,7 @@ def test_with_classes_whole_classes_are_held_out_and_scored():
     assert not set(labels[plan.train.numpy()]) & set(plan.classes)
     assert len(plan.train) + len(plan.held) == 40 and plan.held_out == 8
     assert plan.validation is not None and plan.validation.ways == 2
-    assert plan.describe().startswith("2 classes held out (8 images): 2 held-out classes")
+    assert plan.describe().startswith("8 images held out: 2 held-out classes")
     assert plan_holdout(pixels, labels, 0.1, 0, 0).validation is None  # 0: a share of images
 
 

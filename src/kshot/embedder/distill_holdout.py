@@ -43,10 +43,7 @@ class DistillHoldout:
 
     def describe(self) -> str:
         if self.validation is not None:
-            return (
-                f"{len(self.classes)} classes held out ({self.held_out} images): "
-                f"{self.validation.describe()}"
-            )
+            return f"{self.held_out} images held out: {self.validation.describe()}"
         if self.held_out:
             return f"{self.held_out} images held out"
         return "nothing held out (too few images)"
