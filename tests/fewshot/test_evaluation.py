@@ -51,11 +51,11 @@ def folder_items(tmp_path):
 def test_evaluate_split_reports_what_a_query_decides(folder_items, tmp_path, conv4_embedder):
     support, queries, _ = split_items(folder_items, shots=2, seed=0)
     reports = evaluate_split(
-        conv4_embedder, {}, support, queries, tmp_path / "lib", methods=["prototype", None]
+        conv4_embedder, {}, support, queries, tmp_path / "lib", methods=["logistic", None]
     )
-    assert reports["prototype"]["method"] == "prototype"
+    assert reports["logistic"]["method"] == "logistic"
     report = reports[None]
-    assert report["method"] == "logistic"  # the library's default rule
+    assert report["method"] == "prototype" and report["centre"] == "whiten"  # the default
     assert 0.0 <= report["roc_auc"] <= 1.0
     assert report["queries"] == len(queries) == 12 and report["classes"] == 3
     wrong = len(report["misclassified"])

@@ -33,7 +33,7 @@ def test_enrolling_saves_the_decision_fitted_on_the_catalogue(tmp_path, conv4_em
     lib = _library(tmp_path / "lib", conv4_embedder, photos)
     decider, stamp = Decider.load(tmp_path / "lib" / DECISION)
     assert stamp == lib.catalogue.stamp()
-    assert decider.settings == DecisionSettings()  # logistic by default
+    assert decider.settings == DecisionSettings()  # prototypes on whitened embeddings
     assert decider.classes == sorted(CLASSES)
     assert decider.calibration.threshold is not None
 
@@ -157,7 +157,9 @@ def test_an_image_outside_the_classes_sample_keeps_the_rule_and_moves_the_protot
         _add(lib, "Tomato/Leaf mold", "f" * 64, vector)  # the largest hash: not in the sample
         after, stamp = Decider.load(tmp_path / "lib" / DECISION)
     assert stamp == lib.catalogue.stamp()
-    np.testing.assert_array_equal(after.rule.state()["weights"], before.rule.state()["weights"])
+    kept = after.rule.state()
+    for name, array in before.rule.state().items():
+        np.testing.assert_array_equal(kept[name], array)
     entries = lib.catalogue.entries()
     mold = entries.vectors[np.asarray(entries.labels) == "Tomato/Leaf mold"].mean(axis=0)
     row = after.classes.index("Tomato/Leaf mold")
@@ -165,4 +167,4 @@ def test_an_image_outside_the_classes_sample_keeps_the_rule_and_moves_the_protot
     _add(lib, "Tomato/Leaf mold", "0" * 64, -vector)  # the smallest hash enters the sample
     refitted = lib.decider()
     assert not np.array_equal(refitted.sample.ids, after.sample.ids)
-    assert not np.array_equal(refitted.rule.state()["weights"], before.rule.state()["weights"])
+    assert not np.array_equal(refitted.rule.state()["prototypes"], kept["prototypes"])

@@ -46,12 +46,16 @@ def init(
         ),
     ] = None,
     method: Annotated[Method, typer.Option(help="How queries are decided. " + METHOD_HELP)] = (
-        Method.logistic
+        Method.prototype
     ),
     centre: Annotated[
         Centre,
-        typer.Option(help="library: centre embeddings on the library's mean before deciding."),
-    ] = Centre.library,
+        typer.Option(
+            help="What the rule compares: whiten: embeddings centred on the library's mean and "
+            "whitened by how photos of one class differ; library: centred only; none: as "
+            "enrolled."
+        ),
+    ] = Centre.whiten,
     tta: Annotated[
         list[str] | None,
         typer.Option(

@@ -18,10 +18,11 @@ class Method(str, Enum):
 class Centre(str, Enum):
     none = "none"
     library = "library"
+    whiten = "whiten"
 
 
 METHOD_HELP = (
-    "logistic: a linear classifier fitted on the enrolled images; prototype: nearest class mean; "
+    "prototype: nearest class mean; logistic: a linear classifier fitted on the enrolled images; "
     "knn: weighted vote of the nearest images."
 )
 

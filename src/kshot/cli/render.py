@@ -81,7 +81,8 @@ def decision_summary(decider) -> None:
         )
         return
     settings, calibration = decider.settings, decider.calibration
-    rule = settings.method + (" on centred embeddings" if settings.centre != "none" else "")
+    seen = {"none": "", "library": " on centred embeddings", "whiten": " on whitened embeddings"}
+    rule = settings.method + seen[settings.centre]
     if calibration.threshold is None:
         say(
             f"decisions: {rule}; no threshold of its own (it needs three classes, some with two "
