@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kshot.embedder.checkpoint import load_checkpoint
 from kshot.embedder.inference import embed_files
 from kshot.embedder.model import EmbedderConfig, build_embedder
 from kshot.fewshot.decider import Decider, DecisionSettings
@@ -63,8 +64,12 @@ def photos(data: Path, others: int, known: int) -> tuple[list[Path], np.ndarray,
 
 
 def embed(backbone: str, tta: tuple[str, ...], paths: list[Path]) -> tuple[np.ndarray, float]:
-    """Unit embeddings of ``paths`` and the ms per image it took (batch 32)."""
-    embedder = build_embedder(EmbedderConfig.for_backbone(backbone)).eval()
+    """Unit embeddings of ``paths`` by ``backbone`` (a name, or a model file of ``kshot train``)
+    and the ms per image it took (batch 32)."""
+    if backbone.endswith(".kshot"):
+        embedder = load_checkpoint(Path(backbone))[0].eval()
+    else:
+        embedder = build_embedder(EmbedderConfig.for_backbone(backbone)).eval()
     embedder = embedder.for_inference(torch.device("cpu"))
     kwargs = {"tta": tta} if tta else {}
     embed_files(embedder, paths[:32], **kwargs)  # warm-up
@@ -134,7 +139,8 @@ def main() -> int:
     parser.add_argument(
         "--embedder",
         action="append",
-        help="BACKBONE or BACKBONE:VIEW+VIEW (TTA); repeatable. Default: the measured set.",
+        help="BACKBONE or BACKBONE:VIEW+VIEW (TTA), or a model file (.kshot); repeatable. "
+        "Default: efficientnet_lite0.",
     )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--others", type=int, default=10, help="photos per far-unknown class")
