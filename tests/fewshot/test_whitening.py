@@ -21,8 +21,10 @@ def _noisy_classes(seed=0, classes=6, per_class=40, dim=10, noise=3.0):
 def test_deviations_are_from_each_class_mean_and_skip_single_images():
     x = np.array([[0.0, 0], [2, 0], [5, 5], [1, 1], [1, 3]])
     labels = np.array(["a", "a", "lone", "b", "b"])
-    deviations = within_class_deviations(x, labels)
+    deviations = within_class_deviations(x, labels, most=10)
     assert np.allclose(deviations, [[-1, 0], [1, 0], [0, -1], [0, 1]])
+    sampled = within_class_deviations(x, labels, most=2)
+    assert len(sampled) == 2 and all(row.tolist() in deviations.tolist() for row in sampled)
 
 
 def test_without_shrinkage_the_within_class_scatter_becomes_the_identity():
@@ -31,7 +33,7 @@ def test_without_shrinkage_the_within_class_scatter_becomes_the_identity():
     z = x - whitening.mean
     along = z @ whitening.directions.T
     projected = (along * whitening.scales) @ whitening.directions  # before re-normalising
-    spread = within_class_deviations(projected, labels)
+    spread = within_class_deviations(projected, labels, most=len(labels))
     assert np.allclose(spread.T @ spread / len(spread), np.eye(6), atol=1e-6)
 
 

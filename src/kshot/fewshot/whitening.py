@@ -30,8 +30,8 @@ import numpy as np
 # at 1 shot in a library (BENCHMARKS.md). A middle value, not one tuned to either.
 SHRINKAGE = 3.0
 MAX_DIRECTIONS = 256  # of 3,408: within 0.4 points of all of them (BENCHMARKS.md)
-# Deviations the directions are estimated from at most: a library's calibration fits the
-# whitening six times, and on 1,024 rows of 3,408 dimensions one fit takes 0.2 s.
+# Deviations from their class's mean the whitening is estimated from at most (a seeded sample):
+# a library's calibration fits it six times; on 1,024 rows of 3,408 dimensions a fit takes 0.2 s.
 MAX_ROWS = 1024
 
 
@@ -51,9 +51,9 @@ class Whitening:
     ) -> Whitening:
         """Fit on enrolled ``vectors (N, D)`` labelled ``labels (N,)``. With no class of two
         or more images there is no within-class scatter: the result only centres."""
-        x = np.asarray(vectors, dtype=np.float64)
-        mean = x.mean(axis=0)
-        spread = within_class_deviations(x, np.asarray(labels, dtype=str))
+        x = np.asarray(vectors, dtype=np.float32)
+        mean = x.mean(axis=0, dtype=np.float64)
+        spread = within_class_deviations(x, np.asarray(labels, dtype=str), MAX_ROWS)
         dim = x.shape[1]
         if len(spread) == 0:
             return cls(mean.astype(np.float32), np.zeros((0, dim), np.float32), np.zeros(0), 1.0)
@@ -90,25 +90,26 @@ class Whitening:
         return cls(state["mean"], state["directions"], state["scales"], float(state["rest"]))
 
 
-def within_class_deviations(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``(M, D)``: each image of a class with two or more images minus its class's mean."""
+def within_class_deviations(x: np.ndarray, labels: np.ndarray, most: int) -> np.ndarray:
+    """``(M, D)`` float64, ``M <= most``: images of classes with two or more images (all of
+    them, or a seeded sample of ``most``), each minus its class's mean."""
     classes, codes = np.unique(labels, return_inverse=True)
     counts = np.bincount(codes, minlength=len(classes))
     order = np.argsort(codes, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    sums = np.add.reduceat(x[order], starts, axis=0)  # (C, D): every class has an image
-    keep = counts[codes] >= 2
-    return x[keep] - (sums / np.maximum(counts, 1)[:, None])[codes[keep]]
+    # (C, D): every class has an image; summed in float64 without a float64 copy of ``x``
+    sums = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
+    keep = np.flatnonzero(counts[codes] >= 2)
+    if len(keep) > most:
+        keep = np.sort(np.random.default_rng(0).choice(keep, most, replace=False))
+    return x[keep].astype(np.float64) - (sums / counts[:, None])[codes[keep]]
 
 
 def principal_directions(spread: np.ndarray, most: int) -> tuple[np.ndarray, np.ndarray]:
     """``(variances (K,), directions (K, D))`` of the rows of ``spread (M, D)``, largest first,
-    ``K <= most``, from at most ``MAX_ROWS`` of the rows (a seeded sample): one symmetric
-    eigendecomposition of the smaller of their Gram and scatter matrices."""
+    ``K <= most``: one symmetric eigendecomposition of the smaller of their Gram and scatter
+    matrices."""
     rows, dim = spread.shape
-    if rows > MAX_ROWS:
-        spread = spread[np.random.default_rng(0).choice(rows, MAX_ROWS, replace=False)]
-        rows = MAX_ROWS
     if rows <= dim:  # the Gram matrix (M, M): its eigenvectors map onto the directions
         values, vectors = np.linalg.eigh(spread @ spread.T)
         values, vectors = values[::-1], vectors[:, ::-1]
