@@ -151,7 +151,7 @@ def main() -> int:
     new = [c for c in classes if c.startswith(NEW_CROPS)]
     known = np.flatnonzero(in_library)
     others = [c for c in classes if c not in new]
-    vectors_of = np.flatnonzero(~in_library)  # the closed and open sets never see the library's
+    vectors_of = np.flatnonzero(~in_library)  # the known classes' photos: only in the library
     rows = []
     for spec in args.embedder or ["efficientnet_lite0"]:
         backbone, _, views = spec.partition(":")

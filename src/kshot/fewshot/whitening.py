@@ -1,5 +1,6 @@
 """Whitening by a library's within-class scatter: the directions in which photos of one class
-differ among themselves (light, angle, leaf age) count less, those in which classes differ more.
+differ among themselves (light, angle, background) count less, those in which classes differ
+more.
 
     vectors (Q, D) -> minus the library's mean -> (S_w + eps I)^(-1/2) -> unit length (Q, D)
 

@@ -100,8 +100,8 @@ class LogisticRule(DecisionRule):
         basis = row_space(vectors)  # (D, r), or None: fit in the r <= N dimensions that matter
         features = vectors if basis is None else (vectors @ basis).astype(vectors.dtype)
         # Balanced: a class enrolled from 1-5 photos beside known classes of 20 or more is
-        # otherwise almost never answered (measured in a library of 23 known classes: 4% of
-        # the new classes' queries right at 1 shot, 27.5% balanced; BENCHMARKS.md).
+        # otherwise almost never answered (measured: new classes from 1 photo beside 23 known
+        # classes of 20, Lite0: 0-2% of their queries right, 17% balanced; BENCHMARKS.md).
         model = LogisticRegression(C=self.C, max_iter=1000, class_weight="balanced")
         if self._start is not None and self._start[0] == self.classes:
             start = self._start[1] if basis is None else self._start[1] @ basis
