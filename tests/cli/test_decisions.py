@@ -58,3 +58,27 @@ def test_evaluate_puts_rules_side_by_side(kshot, library, tmp_path, images):
     for report in comparison.values():
         assert 0.0 <= report["roc_auc"] <= 1.0
     assert "model-logistic" in result.stdout
+
+
+def test_set_decision_changes_the_rule_and_keeps_the_library(kshot, enrolled, images):
+    before = kshot.json("classes", enrolled)
+    assert kshot.json("info", enrolled)[0]["decision"]["centre"] == "whiten"  # the default
+    output = kshot("set-decision", enrolled, "--method", "logistic", "--centre", "library").output
+    assert "logistic (centring: library) from now on" in output
+    assert "decisions: logistic on centred embeddings" in output
+    decision = kshot.json("info", enrolled)[0]["decision"]
+    assert (decision["method"], decision["centre"], decision["fitted"]) == (
+        "logistic",
+        "library",
+        True,
+    )
+    assert kshot.json("classes", enrolled) == before
+    kshot("set-decision", enrolled, "--method", "prototype")  # the centring stays
+    assert kshot.json("info", enrolled)[0]["decision"]["centre"] == "library"
+    row = kshot.json("query", enrolled, images["corner"][3], "--threshold", "0")[0]
+    assert row["label"] == "corner"
+
+
+def test_set_decision_refuses_a_folder_that_is_not_a_library(kshot, tmp_path):
+    result = kshot("set-decision", tmp_path, "--method", "logistic", code=1)
+    assert f"{tmp_path} is not a kshot library" in result.output

@@ -325,6 +325,7 @@ for extra in (
     inspection.plot,
     inspection.outliers,
     maintenance.info,
+    maintenance.set_decision,
     maintenance.compact,
     serve_command.serve,
 ):

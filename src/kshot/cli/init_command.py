@@ -12,6 +12,7 @@ import typer
 from kshot.cli.console import say
 from kshot.cli.embedders import embedder_from, set_precision
 from kshot.cli.options import (
+    CENTRE_HELP,
     METHOD_HELP,
     Centre,
     Device,
@@ -48,14 +49,7 @@ def init(
     method: Annotated[Method, typer.Option(help="How queries are decided. " + METHOD_HELP)] = (
         Method.prototype
     ),
-    centre: Annotated[
-        Centre,
-        typer.Option(
-            help="What the rule compares: whiten: embeddings centred on the library's mean and "
-            "whitened by how photos of one class differ; library: centred only; none: as "
-            "enrolled."
-        ),
-    ] = Centre.whiten,
+    centre: Annotated[Centre, typer.Option(help=CENTRE_HELP)] = Centre.whiten,
     tta: Annotated[
         list[str] | None,
         typer.Option(

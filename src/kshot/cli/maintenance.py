@@ -10,7 +10,15 @@ from typing import Annotated
 import typer
 
 from kshot.cli.console import outcome, say
-from kshot.cli.options import AsJson, IndexKind, LibraryDir
+from kshot.cli.options import (
+    CENTRE_HELP,
+    METHOD_HELP,
+    AsJson,
+    Centre,
+    IndexKind,
+    LibraryDir,
+    Method,
+)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -115,6 +123,31 @@ def _decision(store) -> dict:
         "known_rejected": calibration.known_rejected,
         "unknown_accepted": calibration.unknown_accepted,
     }
+
+
+def set_decision(
+    library: LibraryDir,
+    method: Annotated[Method | None, typer.Option(help=METHOD_HELP)] = None,
+    centre: Annotated[Centre | None, typer.Option(help=CENTRE_HELP)] = None,
+    neighbours: Annotated[int | None, typer.Option(min=1, help="k of --method knn.")] = None,
+):
+    """Change how a library decides (what kshot init chose; unchanged what is not given), then
+    fit and save that decision. Nothing enrolled changes."""
+    from kshot.cli import render
+    from kshot.fewshot.decider import DecisionSettings
+    from kshot.fewshot.store import LibraryStore
+
+    store = LibraryStore.open_store(library)
+    before = store.settings
+    settings = DecisionSettings(
+        method.value if method else before.method,
+        neighbours or before.neighbours,
+        centre.value if centre else before.centre,
+    )
+    store.change_settings(settings)
+    say(f"{library} decides with {settings.method} (centring: {settings.centre}) from now on")
+    if store.classes():
+        render.decision_summary(store.saved_decider())
 
 
 def compact(

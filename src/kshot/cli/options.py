@@ -21,6 +21,10 @@ class Centre(str, Enum):
     whiten = "whiten"
 
 
+CENTRE_HELP = (
+    "What the rule compares: whiten: embeddings centred on the library's mean and whitened by "
+    "how photos of one class differ; library: centred only; none: as enrolled."
+)
 METHOD_HELP = (
     "prototype: nearest class mean; logistic: a linear classifier fitted on the enrolled images; "
     "knn: weighted vote of the nearest images."

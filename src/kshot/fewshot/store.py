@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kshot.atomic import write_text_atomic
 from kshot.errors import KshotError, StorageError
 from kshot.fewshot import class_sums
 from kshot.fewshot.catalogue import Catalogue, Removed
@@ -253,6 +254,21 @@ class LibraryStore:
     def entries(self):
         """Every enrolled image's id, label, source and embedding."""
         return self.catalogue.entries()
+
+    def change_settings(self, settings: DecisionSettings) -> None:
+        """Decide with ``settings`` from now on: the manifest says so (read again under the
+        lock, changed in its decision only, written whole and atomically), then the decision
+        is fitted and saved. Processes that have the library open decide as before until they
+        open it again; nothing enrolled is touched."""
+        with self.locked():
+            current = self.read_manifest(self.root)
+            manifest = dataclasses.replace(current, decision=dataclasses.asdict(settings))
+            try:
+                write_text_atomic(self.root / MANIFEST, manifest.to_json())
+            except OSError as exc:
+                raise StorageError.from_os(exc, self.root / MANIFEST) from None
+            self.manifest = manifest
+        self.refit_decision()
 
     def refit_decision(self) -> None:
         """Fit the library's own decision on what it holds and save it, stamped: a writer's job,
