@@ -23,8 +23,17 @@ def test_deviations_are_from_each_class_mean_and_skip_single_images():
     labels = np.array(["a", "a", "lone", "b", "b"])
     deviations = within_class_deviations(x, labels, most=10)
     assert np.allclose(deviations, [[-1, 0], [1, 0], [0, -1], [0, 1]])
-    sampled = within_class_deviations(x, labels, most=2)
-    assert len(sampled) == 2 and all(row.tolist() in deviations.tolist() for row in sampled)
+
+
+def test_past_the_cap_pairs_of_one_class_estimate_the_same_scatter():
+    x, labels = _noisy_classes(per_class=400, dim=8, noise=2.0)
+    exact = within_class_deviations(x, labels, most=len(x))
+    pairs = within_class_deviations(x, labels, most=1000)
+    assert len(pairs) == 1000
+    first, second = exact.T @ exact / len(exact), pairs.T @ pairs / len(pairs)
+    # along the classes' axes the spread is 0.1 (a pair across classes would add ~0.14)
+    assert np.allclose(second[:-1, :-1], first[:-1, :-1], atol=0.05)
+    assert abs(second[-1, -1] - first[-1, -1]) < 0.6  # the noise's variance, 4, along the last
 
 
 def test_without_shrinkage_the_within_class_scatter_becomes_the_identity():

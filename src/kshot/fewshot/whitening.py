@@ -92,18 +92,28 @@ class Whitening:
 
 
 def within_class_deviations(x: np.ndarray, labels: np.ndarray, most: int) -> np.ndarray:
-    """``(M, D)`` float64, ``M <= most``: images of classes with two or more images (all of
-    them, or a seeded sample of ``most``), each minus its class's mean."""
+    """``(M, D)`` float64 rows whose scatter estimates the within-class scatter, ``M <= most``,
+    from the images of classes with two or more images. Up to ``most`` such images: each minus
+    its class's mean. More: ``most`` seeded pairs of images of one class, ``(a - b) / sqrt(2)``
+    (whose scatter is the within-class scatter too), so that a library of a million images is
+    never copied whole to find its class means."""
     classes, codes = np.unique(labels, return_inverse=True)
     counts = np.bincount(codes, minlength=len(classes))
+    eligible = np.flatnonzero(counts[codes] >= 2)
     order = np.argsort(codes, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    # (C, D): every class has an image; summed in float64 without a float64 copy of ``x``
-    sums = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
-    keep = np.flatnonzero(counts[codes] >= 2)
-    if len(keep) > most:
-        keep = np.sort(np.random.default_rng(0).choice(keep, most, replace=False))
-    return x[keep].astype(np.float64) - (sums / counts[:, None])[codes[keep]]
+    if len(eligible) <= most:
+        # (C, D): every class has an image; summed in float64 without a float64 copy of ``x``
+        sums = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
+        return x[eligible].astype(np.float64) - (sums / counts[:, None])[codes[eligible]]
+    rng = np.random.default_rng(0)
+    first = np.sort(rng.choice(eligible, most, replace=False))
+    place = np.empty_like(order)
+    place[order] = np.arange(len(order))
+    own = place[first] - starts[codes[first]]  # each one's place within its class
+    other = rng.integers(0, counts[codes[first]] - 1)  # another place: skip its own
+    partner = order[starts[codes[first]] + other + (other >= own)]
+    return (x[first].astype(np.float64) - x[partner]) / np.sqrt(2.0)
 
 
 def principal_directions(spread: np.ndarray, most: int) -> tuple[np.ndarray, np.ndarray]:
