@@ -13,7 +13,7 @@ mean variance per dimension (a few dozen photos cannot estimate thousands of var
 
 Measured (BENCHMARKS.md, "Whitening by the library's own classes"), prototypes with no
 training, 5 shots: +5.3 points on new PlantVillage classes, +5.6 on Omniglot's characters
-through ImageNet features, +16.4 there when the new characters sit in a library beside known
+through ImageNet features, +16.1 there when the new characters sit in a library beside known
 ones. This is linear discriminant analysis's metric with a shrunk covariance; written here
 because scikit-learn's ``LinearDiscriminantAnalysis`` is a classifier whose transform keeps at
 most C - 1 dimensions, and its covariance estimators build the full D x D matrix.
