@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from kshot.errors import KshotError
 from kshot.fewshot.decider import Decider, DecisionSettings
 from kshot.fewshot.whitening import Whitening, principal_directions, within_class_deviations
 
@@ -92,5 +93,5 @@ def test_a_file_that_lost_its_whitening_is_damaged(tmp_path):
     decider = Decider.fit(DecisionSettings("prototype", centre="whiten"), x, labels)
     decider.whitening = None
     decider.save(tmp_path / "decision.npz", "s")
-    with pytest.raises(Exception, match="whitening is missing"):
+    with pytest.raises(KshotError, match="damaged decision file .*whitening is missing"):
         Decider.load(tmp_path / "decision.npz")
