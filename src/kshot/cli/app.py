@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from kshot.cli import (
+    adapt_command,
     distill_command,
     enroll_command,
     init_command,
@@ -320,6 +321,7 @@ def demo(
 for extra in (
     train_command.train,
     distill_command.distill,
+    adapt_command.adapt,
     inspection.evaluate,
     inspection.projector,
     inspection.plot,

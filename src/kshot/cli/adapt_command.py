@@ -1,0 +1,59 @@
+"""The ``kshot adapt`` command line; the work is in ``kshot.fewshot.adaptation``. Registered on
+the app in ``app.py``; nothing here imports torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kshot.cli import render
+from kshot.cli.console import outcome, progress, say
+from kshot.cli.options import Device, LibraryDir
+
+
+def adapt(
+    library: LibraryDir,
+    out: Annotated[Path, typer.Option(help="The new library to write (must not exist).")],
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 40,
+    batch_size: Annotated[int, typer.Option(min=2, help="Photos in a step.")] = 64,
+    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate of the network.")] = 3e-4,
+    augment: Annotated[
+        str, typer.Option(help="Augmentation preset (photo, upright, none; see kshot train).")
+    ] = "photo",
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Device = "auto",
+):
+    """Fine-tune a library's model on the photos it holds, then enroll them all in a new library
+    bound to the adapted model. The library given is only read.
+
+    New classes enrolled from a few photos gain most. The photos are read again from where they
+    were enrolled; those that moved are named and left out. Compare the two libraries on photos
+    neither holds (`kshot evaluate`) before you switch."""
+    from kshot.embedder.adapt import AdaptConfig
+    from kshot.fewshot.adaptation import adapt_library
+    from kshot.fewshot.library import Library
+
+    config = AdaptConfig(steps=steps, batch_size=batch_size, lr=lr, augment=augment, seed=seed)
+    source = Library.open(library, device=device)
+    classes = source.classes()
+    say(f"adapting {library}'s model to its {len(classes)} classes: {steps} steps")
+    # One bar (rich draws one at a time): a training step counts as one photo enrolled.
+    with progress("training, then enrolling", steps + sum(n for _, n in classes)) as advance:
+        report = adapt_library(
+            source, out, config, on_step=lambda step, loss: advance(1), on_enrolled=advance
+        )
+    for error in report.unreadable:
+        say(f"kshot: {error} (left out of training)")
+    say(
+        f"trained on {report.trained} photos: loss {report.losses[0]:.3f} at the first step, "
+        f"{report.losses[-1]:.3f} at the last"
+    )
+    render.enroll_report(report.enrolled, False)
+    say(
+        f"wrote {out}; {library} is unchanged. Compare the two on photos neither holds: "
+        f"kshot evaluate {out} QUERIES, then kshot evaluate {library} QUERIES"
+    )
+    added = len(report.enrolled.added) + len(report.enrolled.duplicates)
+    return outcome(added, len(report.enrolled.errors))

@@ -1,0 +1,109 @@
+"""A library adapted to its own classes: its model fine-tuned on the photos it holds
+(:mod:`kshot.embedder.adapt`), and a new library built with that model from the same photos.
+
+The library it starts from is only read. Its photos are read again from the paths they were
+enrolled from, so those that moved or are unreadable are named and left out; the new library
+has the same classes, decision settings, index kind, test-time views and precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kshot.embedder.adapt import AdaptConfig, adapt_embedder
+from kshot.embedder.checkpoint import load_checkpoint
+from kshot.embedder.inference import load_pixels
+from kshot.errors import InputError, KshotError
+from kshot.fewshot.library import EnrollReport, Library
+from kshot.fewshot.store import MODEL, check_new_library_path
+
+# Photos of one class that train: 40 steps of 64 photos see ~2,600, so more would only cost
+# decoding time and memory (3 x 224 x 224 bytes each).
+MOST_PER_CLASS = 50
+
+
+@dataclass
+class AdaptReport:
+    trained: int = 0  # photos the model trained on
+    unreadable: list[InputError] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    enrolled: EnrollReport | None = None
+
+
+def training_photos(labels: list[str], most: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Indices of at most ``most`` photos of each class (a seeded draw), and the classes."""
+    rng = np.random.default_rng(seed)
+    classes = sorted(set(labels))
+    by_class = np.asarray(labels)
+    chosen = []
+    for name in classes:
+        members = np.flatnonzero(by_class == name)
+        if len(members) > most:
+            members = np.sort(rng.choice(members, size=most, replace=False))
+        chosen.append(members)
+    return np.concatenate(chosen), classes
+
+
+def adapt_library(
+    library: Library,
+    out: Path,
+    config: AdaptConfig,
+    most_per_class: int = MOST_PER_CLASS,
+    on_step: Callable[[int, float], None] | None = None,
+    on_enrolled: Callable[[int], None] | None = None,
+) -> AdaptReport:
+    """Fine-tune ``library``'s model on its photos and enroll them all in a new library at
+    ``out`` (which must not exist). ``on_step(step, loss)`` after each training step,
+    ``on_enrolled(n)`` after each batch of ``n`` photos enrolled."""
+    out = check_new_library_path(out)
+    entries = library.entries()
+    if len(set(entries.labels)) < 2:
+        raise KshotError(f"{library.root}: adapting needs a library of at least 2 classes")
+    report = AdaptReport()
+    chosen, classes = training_photos(entries.labels, most_per_class, config.seed)
+    embedder, info = load_checkpoint(library.root / MODEL)
+    pixels, kept, failed = load_pixels(
+        embedder.config.preprocess, [entries.sources[i] for i in chosen]
+    )
+    report.unreadable = [error for _, error in failed]
+    rows = chosen[kept]
+    codes = np.searchsorted(classes, np.asarray(entries.labels)[rows])
+    if len(np.unique(codes)) < len(classes):
+        lost = sorted(set(classes) - {classes[c] for c in codes})
+        raise KshotError(
+            f"no photo of {', '.join(lost)} could be read from where it was enrolled: "
+            "restore them (see the errors above) or `kshot forget` the class first"
+        )
+    prototypes = _prototypes(entries.vectors[rows], codes, len(classes))
+    embedder = embedder.to(library.device)
+    report.losses = adapt_embedder(embedder, pixels, codes, prototypes, config, on_step)
+    report.trained = len(rows)
+    info = {
+        **info,
+        "adapted": {"from": library.root.name, "photos": report.trained, **vars(config)},
+    }
+    manifest = library.manifest
+    adapted = Library.create(
+        out,
+        embedder.cpu(),
+        info,
+        manifest.index,
+        device=str(library.device),
+        settings=library.settings,
+        tta=manifest.tta,
+        precision=manifest.precision,
+    )
+    items = list(zip(map(Path, entries.sources), entries.labels, strict=True))
+    report.enrolled = adapted.enroll(items, on_progress=on_enrolled)
+    return report
+
+
+def _prototypes(vectors: np.ndarray, codes: np.ndarray, count: int) -> np.ndarray:
+    """``(count, D)`` unit class means of the library's own embeddings of the training photos."""
+    sums = np.zeros((count, vectors.shape[1]), np.float64)
+    np.add.at(sums, codes, vectors)
+    return (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)

@@ -1,0 +1,59 @@
+"""``kshot adapt``: a new library on a fine-tuned model, the library it came from untouched."""
+
+import hashlib
+
+from kshot.embedder.checkpoint import load_checkpoint, model_hash
+from kshot.fewshot.library import Library
+
+
+def _digests(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def test_adapting_writes_a_new_library_and_leaves_the_old_one(kshot, tmp_path, enrolled, images):
+    before = _digests(enrolled)
+    out = tmp_path / "adapted"
+    output = kshot("adapt", enrolled, "--out", out, "--steps", "3", "--batch-size", "6").output
+    assert "trained on 9 photos" in output and f"wrote {out}" in output
+    assert _digests(enrolled) == before  # not a byte changed
+    old, new = Library.open(enrolled, device="cpu"), Library.open(out, device="cpu")
+    assert new.classes() == old.classes() == [("bars", 3), ("blob", 3), ("corner", 3)]
+    assert new.settings == old.settings and new.manifest.index == old.manifest.index
+    adapted, info = load_checkpoint(out / "model.kshot")
+    assert model_hash(adapted) != old.manifest.model_sha256
+    assert info["adapted"]["from"] == enrolled.name and info["adapted"]["steps"] == 3
+    (row,) = kshot.json("query", out, images["blob"][3], "--method", "knn")
+    assert row["label"] == "blob"
+
+
+def test_a_photo_that_moved_is_named_and_the_rest_goes_on(kshot, tmp_path, enrolled, images):
+    moved = images["bars"][0]
+    moved.rename(tmp_path / "elsewhere.png")
+    out = tmp_path / "adapted"
+    output = kshot("adapt", enrolled, "--out", out, "--steps", "2", "--batch-size", "4", code=3)
+    assert str(moved) in output.output and "trained on 8 photos" in output.output
+    assert dict(Library.open(out, device="cpu").classes())["bars"] == 2
+
+
+def test_an_existing_folder_is_not_overwritten(kshot, tmp_path, enrolled):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    output = kshot("adapt", enrolled, "--out", out, "--steps", "1", code=1).output
+    assert "kshot: error:" in output and str(out) in output
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
+def test_a_library_of_one_class_has_nothing_to_adapt_to(kshot, tmp_path, library, images):
+    kshot("enroll", library, "--label", "bars", *images["bars"])
+    out = tmp_path / "adapted"
+    output = kshot("adapt", library, "--out", out, code=1).output
+    assert "at least 2 classes" in output and not out.exists()
+
+
+def test_a_class_with_no_readable_photo_stops_before_any_write(kshot, tmp_path, enrolled, images):
+    for path in images["corner"][:3]:
+        path.unlink()
+    out = tmp_path / "adapted"
+    output = kshot("adapt", enrolled, "--out", out, "--steps", "1", code=1).output
+    assert "no photo of corner could be read" in output and not out.exists()
