@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kshot.embedder.adapt import AdaptConfig, _balanced_batches, adapt_embedder
+from kshot.embedder.adapt import _balanced_batches, adapt_embedder
+from kshot.embedder.adapt_config import AdaptConfig
 from kshot.errors import KshotError
 from tests.conftest import pattern
 

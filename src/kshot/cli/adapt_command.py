@@ -11,18 +11,23 @@ import typer
 from kshot.cli import render
 from kshot.cli.console import outcome, progress, say
 from kshot.cli.options import Device, LibraryDir
+from kshot.embedder.adapt_config import AdaptConfig
 
 
 def adapt(
     library: LibraryDir,
     out: Annotated[Path, typer.Option(help="The new library to write (must not exist).")],
-    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 40,
-    batch_size: Annotated[int, typer.Option(min=2, help="Photos in a step.")] = 64,
-    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate of the network.")] = 3e-4,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = AdaptConfig.steps,
+    batch_size: Annotated[
+        int, typer.Option(min=2, help="Photos in a step (memory grows with it).")
+    ] = AdaptConfig.batch_size,
+    lr: Annotated[
+        float, typer.Option(min=0.0, help="Learning rate of the network.")
+    ] = AdaptConfig.lr,
     augment: Annotated[
         str, typer.Option(help="Augmentation preset (photo, upright, none; see kshot train).")
-    ] = "photo",
-    seed: Annotated[int, typer.Option()] = 0,
+    ] = AdaptConfig.augment,
+    seed: Annotated[int, typer.Option()] = AdaptConfig.seed,
     device: Device = "auto",
 ):
     """Fine-tune a library's model on the photos it holds, then enroll them all in a new library
@@ -31,7 +36,6 @@ def adapt(
     New classes enrolled from a few photos gain most. The photos are read again from where they
     were enrolled; those that moved are named and left out. Compare the two libraries on photos
     neither holds (`kshot evaluate`) before you switch."""
-    from kshot.embedder.adapt import AdaptConfig
     from kshot.fewshot.adaptation import adapt_library
     from kshot.fewshot.library import Library
 

@@ -14,7 +14,6 @@ them, and a library's batches mix classes unevenly.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,30 +21,10 @@ from pytorch_metric_learning.losses import NormalizedSoftmaxLoss
 from torch import nn
 from torch.utils.data import WeightedRandomSampler
 
+from kshot.embedder.adapt_config import AdaptConfig
 from kshot.embedder.augment import augment_batch, augment_config, build_augment
 from kshot.embedder.model import Embedder
 from kshot.errors import KshotError
-
-
-@dataclass(frozen=True)
-class AdaptConfig:
-    """``steps`` of ``batch_size`` photos drawn with every class equally likely; ``lr`` for the
-    network (the class weights learn 10x faster); ``temperature``: the classifier's cosine
-    scale is its inverse."""
-
-    steps: int = 40
-    batch_size: int = 64
-    lr: float = 3e-4
-    temperature: float = 0.05
-    augment: str = "photo"
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 2:
-            raise KshotError("adapting needs at least 1 step and batches of at least 2 photos")
-        if self.lr <= 0 or self.temperature <= 0:
-            raise KshotError("the learning rate and the temperature must be positive")
-        augment_config(self.augment)  # an unknown preset is a clear error before any work
 
 
 def adapt_embedder(

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from kshot.embedder.adapt import AdaptConfig, adapt_embedder
+from kshot.embedder.adapt import adapt_embedder
+from kshot.embedder.adapt_config import AdaptConfig
 from kshot.embedder.checkpoint import load_checkpoint
 from kshot.embedder.inference import load_pixels
 from kshot.errors import InputError, KshotError
 from kshot.fewshot.library import EnrollReport, Library
 from kshot.fewshot.store import MODEL, check_new_library_path
 
-# Photos of one class that train: 40 steps of 64 photos see ~2,600, so more would only cost
+# Photos of one class that train: 80 steps of 32 photos see ~2,600, so more would only cost
 # decoding time and memory (3 x 224 x 224 bytes each).
 MOST_PER_CLASS = 50
 
