@@ -12,6 +12,7 @@ from kshot.cli import render
 from kshot.cli.console import outcome, progress, say
 from kshot.cli.options import Device, LibraryDir
 from kshot.embedder.adapt_config import AdaptConfig
+from kshot.errors import EXIT_INTERRUPTED
 
 
 def adapt(
@@ -48,13 +49,17 @@ def adapt(
         report = adapt_library(
             source, out, config, on_step=lambda step, loss: advance(1), on_enrolled=advance
         )
-    for error in report.unreadable:
-        say(f"kshot: {error} (left out of training)")
     say(
         f"trained on {report.trained} photos: loss {report.losses[0]:.3f} at the first step, "
         f"{report.losses[-1]:.3f} at the last"
     )
     render.enroll_report(report.enrolled, False)
+    if report.enrolled.interrupted:
+        say(
+            f"kshot: interrupted while enrolling: {out} holds only part of {library}'s photos; "
+            f"delete it and run the command again ({library} is unchanged)"
+        )
+        return EXIT_INTERRUPTED
     say(
         f"wrote {out}; {library} is unchanged. Compare the two on photos neither holds: "
         f"kshot evaluate {out} QUERIES, then kshot evaluate {library} QUERIES"

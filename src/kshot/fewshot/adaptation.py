@@ -18,7 +18,7 @@ from kshot.embedder.adapt import adapt_embedder
 from kshot.embedder.adapt_config import AdaptConfig
 from kshot.embedder.checkpoint import load_checkpoint
 from kshot.embedder.inference import load_pixels
-from kshot.errors import InputError, KshotError
+from kshot.errors import KshotError
 from kshot.fewshot.library import EnrollReport, Library
 from kshot.fewshot.store import MODEL, check_new_library_path
 
@@ -29,8 +29,7 @@ MOST_PER_CLASS = 50
 
 @dataclass
 class AdaptReport:
-    trained: int = 0  # photos the model trained on
-    unreadable: list[InputError] = field(default_factory=list)
+    trained: int = 0  # photos the model trained on (an unreadable one is named by ``enrolled``)
     losses: list[float] = field(default_factory=list)
     enrolled: EnrollReport | None = None
 
@@ -67,10 +66,7 @@ def adapt_library(
     report = AdaptReport()
     chosen, classes = training_photos(entries.labels, most_per_class, config.seed)
     embedder, info = load_checkpoint(library.root / MODEL)
-    pixels, kept, failed = load_pixels(
-        embedder.config.preprocess, [entries.sources[i] for i in chosen]
-    )
-    report.unreadable = [error for _, error in failed]
+    pixels, kept, _ = load_pixels(embedder.config.preprocess, [entries.sources[i] for i in chosen])
     rows = chosen[kept]
     codes = np.searchsorted(classes, np.asarray(entries.labels)[rows])
     if len(np.unique(codes)) < len(classes):
