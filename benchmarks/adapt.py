@@ -1,4 +1,5 @@
-"""``kshot adapt`` on PlantVillage: new classes before and after a library adapts its model.
+"""``kshot adapt`` on PlantVillage (or Omniglot): new classes before and after a library adapts
+its model.
 
 The 15 Tomato, Potato and Pepper classes of ``../shared/data/plantvillage-leaf38`` are enrolled
 from 1 or 5 photos each (a seeded draw from the photos that are not queries; every other photo
@@ -11,7 +12,13 @@ Each draw's library is adapted with ``kshot adapt``'s defaults (``adapt_library`
 asked every query with the library's own decision, no threshold (closed-set accuracy). Run on
 one torch thread per process if the machine is busy (``--threads``).
 
+``--set omniglot``, far from leaves: 20 of the 156 characters of Omniglot's
+``images_background_small2`` (a seeded draw) enrolled from 1 or 5 drawings, 10 more of each
+asked; ``--known N`` enrolls N drawings of each of ``images_background_small1``'s 136 and asks
+5 more. The augmentation is ``upright`` there (characters have an upright), ``photo`` here.
+
     python benchmarks/adapt.py --draws 3 --json /tmp/adapt.json
+    python benchmarks/adapt.py --set omniglot --known 0 --draws 3
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import json
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +41,12 @@ from kshot.fewshot.adaptation import adapt_library
 from kshot.fewshot.library import Library
 from kshot.index.vector_index import IndexSpec
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "plantvillage-leaf38"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NEW_CROPS = ("Tomato", "Potato", "Pepper")
+OMNIGLOT_WAYS, OMNIGLOT_QUERIES, OMNIGLOT_KNOWN_QUERIES = 20, 10, 5
 
 
-def draw(data: Path, shots: int, known: int, seed: int):
+def plantvillage_draw(data: Path, shots: int, known: int, seed: int):
     """``(enrolled, new queries, known queries)``: lists of ``(path, label)``."""
     rng = np.random.default_rng(seed)
     enrolled, new_queries, known_queries = [], [], []
@@ -53,6 +62,25 @@ def draw(data: Path, shots: int, known: int, seed: int):
     return enrolled, new_queries, known_queries
 
 
+def omniglot_draw(data: Path, shots: int, known: int, seed: int):
+    """As :func:`plantvillage_draw`, from the two small background sets unpacked in ``data``."""
+    rng = np.random.default_rng(seed)
+    characters = sorted(p for p in (data / "images_background_small2").glob("*/*") if p.is_dir())
+    enrolled, new_queries, known_queries = [], [], []
+    for i in rng.choice(len(characters), size=OMNIGLOT_WAYS, replace=False):
+        label = f"{characters[i].parent.name}/{characters[i].name}"
+        drawings = [(path, label) for path in rng.permutation(sorted(characters[i].glob("*.png")))]
+        enrolled += drawings[:shots]
+        new_queries += drawings[shots : shots + OMNIGLOT_QUERIES]
+    for character in sorted(p for p in (data / "images_background_small1").glob("*/*")):
+        if known and character.is_dir():
+            label = f"{character.parent.name}/{character.name}"
+            drawings = [(path, label) for path in sorted(character.glob("*.png"))]
+            enrolled += drawings[:known]
+            known_queries += drawings[known : known + OMNIGLOT_KNOWN_QUERIES]
+    return enrolled, new_queries, known_queries
+
+
 def accuracy(library: Library, queries: list[tuple[Path, str]]) -> float | None:
     if not queries:
         return None
@@ -61,8 +89,10 @@ def accuracy(library: Library, queries: list[tuple[Path, str]]) -> float | None:
     return float(np.mean(right))
 
 
-def one_draw(model: Path | None, shots: int, known: int, seed: int, root: Path) -> dict:
-    enrolled, new_queries, known_queries = draw(DATA, shots, known, seed)
+def one_draw(args, data: Path, shots: int, known: int, seed: int, root: Path) -> dict:
+    draw = omniglot_draw if args.set == "omniglot" else plantvillage_draw
+    enrolled, new_queries, known_queries = draw(data, shots, known, seed)
+    model = args.model
     if model is None:
         embedder, info = embedder_from(None, default_embedder()[0], None, True)
     else:
@@ -70,7 +100,8 @@ def one_draw(model: Path | None, shots: int, known: int, seed: int, root: Path) 
     library = Library.create(root / "library", embedder, info, IndexSpec(), device="cpu")
     library.enroll(enrolled)
     start = time.perf_counter()
-    adapted = adapt_library(library, root / "adapted", AdaptConfig())
+    augment = "upright" if args.set == "omniglot" else "photo"
+    adapted = adapt_library(library, root / "adapted", AdaptConfig(augment=augment))
     seconds = time.perf_counter() - start
     row = {"shots": shots, "known": known, "seed": seed, "adapt_s": seconds}
     for name, lib in (("before", library), ("after", Library.open(root / "adapted", device="cpu"))):
@@ -82,6 +113,7 @@ def one_draw(model: Path | None, shots: int, known: int, seed: int, root: Path) 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", choices=("plantvillage", "omniglot"), default="plantvillage")
     parser.add_argument("--model", type=Path, help="a kshot model file (default: the default)")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
@@ -89,20 +121,27 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if not DATA.is_dir():
-        print(f"{DATA} is missing: this benchmark reads ../shared/data", file=sys.stderr)
+    data = SHARED / ("omniglot" if args.set == "omniglot" else "plantvillage-leaf38")
+    if not data.is_dir():
+        print(f"{data} is missing: this benchmark reads ../shared/data", file=sys.stderr)
         return 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
-    for known in args.known:
-        for shots in args.shots:
-            for seed in range(args.draws):
-                with tempfile.TemporaryDirectory() as tmp:
-                    rows.append(one_draw(args.model, shots, known, seed, Path(tmp)))
-                print(json.dumps(rows[-1]), flush=True)
-                if args.json:
-                    args.json.write_text(json.dumps(rows, indent=1))
+    with tempfile.TemporaryDirectory() as unpacked:
+        if args.set == "omniglot":
+            for part in ("images_background_small1", "images_background_small2"):
+                with zipfile.ZipFile(data / f"{part}.zip") as archive:
+                    archive.extractall(unpacked)
+            data = Path(unpacked)
+        rows = []
+        for known in args.known:
+            for shots in args.shots:
+                for seed in range(args.draws):
+                    with tempfile.TemporaryDirectory() as tmp:
+                        rows.append(one_draw(args, data, shots, known, seed, Path(tmp)))
+                    print(json.dumps(rows[-1]), flush=True)
+                    if args.json:
+                        args.json.write_text(json.dumps(rows, indent=1))
     table(rows)
     return 0
 
