@@ -56,4 +56,12 @@ def test_a_class_with_no_readable_photo_stops_before_any_write(kshot, tmp_path, 
         path.unlink()
     out = tmp_path / "adapted"
     output = kshot("adapt", enrolled, "--out", out, "--steps", "1", code=1).output
-    assert "no photo of corner could be read" in output and not out.exists()
+    assert "no photo of corner could be read" in output and "corner/0.png" in output
+    assert not out.exists()
+
+
+def test_bytes_the_library_held_under_two_labels_stay_under_both(kshot, tmp_path, enrolled, images):
+    kshot("enroll", enrolled, "--label", "blob", images["bars"][0], "--allow-relabel")
+    out = tmp_path / "adapted"
+    kshot("adapt", enrolled, "--out", out, "--steps", "1", "--batch-size", "4")
+    assert dict(Library.open(out, device="cpu").classes()) == {"bars": 3, "blob": 4, "corner": 3}

@@ -66,14 +66,17 @@ def adapt_library(
     report = AdaptReport()
     chosen, classes = training_photos(entries.labels, most_per_class, config.seed)
     embedder, info = load_checkpoint(library.root / MODEL)
-    pixels, kept, _ = load_pixels(embedder.config.preprocess, [entries.sources[i] for i in chosen])
+    pixels, kept, failed = load_pixels(
+        embedder.config.preprocess, [entries.sources[i] for i in chosen]
+    )
     rows = chosen[kept]
     codes = np.searchsorted(classes, np.asarray(entries.labels)[rows])
     if len(np.unique(codes)) < len(classes):
         lost = sorted(set(classes) - {classes[c] for c in codes})
+        example = next(e for i, e in failed if entries.labels[chosen[i]] == lost[0])
         raise KshotError(
-            f"no photo of {', '.join(lost)} could be read from where it was enrolled: "
-            "restore them (see the errors above) or `kshot forget` the class first"
+            f"no photo of {', '.join(lost)} could be read from where it was enrolled ({example}): "
+            "restore them, or `kshot forget` the class first"
         )
     prototypes = _prototypes(entries.vectors[rows], codes, len(classes))
     embedder = embedder.to(library.device)
@@ -95,7 +98,8 @@ def adapt_library(
         precision=manifest.precision,
     )
     items = list(zip(map(Path, entries.sources), entries.labels, strict=True))
-    report.enrolled = adapted.enroll(items, on_progress=on_enrolled)
+    # The library held these pairs, the same bytes under two labels too if it was asked to.
+    report.enrolled = adapted.enroll(items, on_progress=on_enrolled, allow_relabel=True)
     return report
 
 
