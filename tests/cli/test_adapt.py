@@ -22,6 +22,8 @@ def test_adapting_writes_a_new_library_and_leaves_the_old_one(kshot, tmp_path, e
     adapted, info = load_checkpoint(out / "model.kshot")
     assert model_hash(adapted) != old.manifest.model_sha256
     assert info["adapted"]["from"] == enrolled.name and info["adapted"]["steps"] == 3
+    assert "adapted from lib on 9 photos" in kshot("info", out).output
+    assert "adapted" not in kshot("info", enrolled).output
     (row,) = kshot.json("query", out, images["blob"][3], "--method", "knn")
     assert row["label"] == "blob"
 

@@ -80,6 +80,8 @@ def info(library: LibraryDir, as_json: AsJson = False):
     model = details["model"]
     backbone = model.get("backbone", "not recorded (library made before kshot recorded it)")
     trained = {True: ", trained", False: ", untrained"}.get(model.get("trained"), "")
+    if adapted := model.get("adapted"):
+        trained += f", adapted from {adapted['from']} on {adapted['photos']} photos"
     saved = {
         True: "saved index current",
         False: "saved index behind the catalogue (caught up "

@@ -123,6 +123,8 @@ class Library(Answering, IndexCache, LibraryStore):
         digest = save_checkpoint(embedder, root / MODEL, info)
         catalogue = Catalogue(root / CATALOGUE, embedder.embedding_dim, create=True)
         model = {"backbone": embedder.config.backbone, "trained": info.get("trained")}
+        if "adapted" in info:  # by kshot adapt: from which library, on how many photos
+            model["adapted"] = {k: info["adapted"][k] for k in ("from", "photos")}
         manifest = Manifest(
             digest,
             embedder.embedding_dim,
