@@ -15,7 +15,7 @@ one torch thread per process if the machine is busy (``--threads``).
 ``--set omniglot``, far from leaves: 20 of the 156 characters of Omniglot's
 ``images_background_small2`` (a seeded draw) enrolled from 1 or 5 drawings, 10 more of each
 asked; ``--known N`` enrolls N drawings of each of ``images_background_small1``'s 136 and asks
-5 more. The augmentation is ``upright`` there (characters have an upright), ``photo`` here.
+up to 5 more (each has 20: give ``--known 10``, not the default 20). The augmentation is ``upright`` there (characters have an upright), ``photo`` here.
 
     python benchmarks/adapt.py --draws 3 --json /tmp/adapt.json
     python benchmarks/adapt.py --set omniglot --known 0 --draws 3
@@ -72,9 +72,9 @@ def omniglot_draw(data: Path, shots: int, known: int, seed: int):
         drawings = [(path, label) for path in rng.permutation(sorted(characters[i].glob("*.png")))]
         enrolled += drawings[:shots]
         new_queries += drawings[shots : shots + OMNIGLOT_QUERIES]
-    for character in sorted(p for p in (data / "images_background_small1").glob("*/*")):
-        if known and character.is_dir():
-            label = f"{character.parent.name}/{character.name}"
+    known_characters = (data / "images_background_small1").glob("*/*") if known else ()
+    for character in sorted(p for p in known_characters if p.is_dir()):
+        label = f"{character.parent.name}/{character.name}"
             drawings = [(path, label) for path in sorted(character.glob("*.png"))]
             enrolled += drawings[:known]
             known_queries += drawings[known : known + OMNIGLOT_KNOWN_QUERIES]
@@ -92,11 +92,10 @@ def accuracy(library: Library, queries: list[tuple[Path, str]]) -> float | None:
 def one_draw(args, data: Path, shots: int, known: int, seed: int, root: Path) -> dict:
     draw = omniglot_draw if args.set == "omniglot" else plantvillage_draw
     enrolled, new_queries, known_queries = draw(data, shots, known, seed)
-    model = args.model
-    if model is None:
+    if args.model is None:
         embedder, info = embedder_from(None, default_embedder()[0], None, True)
     else:
-        embedder, info = embedder_from(model, None, None, True)
+        embedder, info = embedder_from(args.model, None, None, True)
     library = Library.create(root / "library", embedder, info, IndexSpec(), device="cpu")
     library.enroll(enrolled)
     start = time.perf_counter()
