@@ -15,7 +15,8 @@ one torch thread per process if the machine is busy (``--threads``).
 ``--set omniglot``, far from leaves: 20 of the 156 characters of Omniglot's
 ``images_background_small2`` (a seeded draw) enrolled from 1 or 5 drawings, 10 more of each
 asked; ``--known N`` enrolls N drawings of each of ``images_background_small1``'s 136 and asks
-up to 5 more (each has 20: give ``--known 10``, not the default 20). The augmentation is ``upright`` there (characters have an upright), ``photo`` here.
+up to 5 more (each has 20: give ``--known 10``, not the default 20). The augmentation is
+``upright`` there (characters have an upright), ``photo`` here.
 
     python benchmarks/adapt.py --draws 3 --json /tmp/adapt.json
     python benchmarks/adapt.py --set omniglot --known 0 --draws 3
@@ -75,9 +76,9 @@ def omniglot_draw(data: Path, shots: int, known: int, seed: int):
     known_characters = (data / "images_background_small1").glob("*/*") if known else ()
     for character in sorted(p for p in known_characters if p.is_dir()):
         label = f"{character.parent.name}/{character.name}"
-            drawings = [(path, label) for path in sorted(character.glob("*.png"))]
-            enrolled += drawings[:known]
-            known_queries += drawings[known : known + OMNIGLOT_KNOWN_QUERIES]
+        drawings = [(path, label) for path in sorted(character.glob("*.png"))]
+        enrolled += drawings[:known]
+        known_queries += drawings[known : known + OMNIGLOT_KNOWN_QUERIES]
     return enrolled, new_queries, known_queries
 
 
