@@ -23,6 +23,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from kshot.embedder.adapt_config import AdaptConfig
 from kshot.embedder.augment import augment_batch, augment_config, build_augment
+from kshot.embedder.freezing import set_train_mode
 from kshot.embedder.model import Embedder
 from kshot.errors import KshotError
 
@@ -57,7 +58,9 @@ def adapt_embedder(
     augment = build_augment(augment_config(config.augment), side=pixels.shape[-1])
     normalize = embedder.config.preprocess.normalize
     labels = torch.as_tensor(codes, dtype=torch.long)
-    _train_keeping_batch_norm(embedder)
+    # batch norm normalises with its stored statistics, as a frozen part does
+    batch_norms = [m for m in embedder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    set_train_mode(embedder, batch_norms)
     losses = []
     for step, batch in enumerate(batches, start=1):
         images = normalize(augment_batch(augment, pixels[batch])).to(device)
@@ -82,11 +85,3 @@ def _balanced_batches(codes: np.ndarray, config: AdaptConfig) -> list[torch.Tens
     sampler = WeightedRandomSampler(weights, size * config.steps, generator=generator)
     drawn = torch.as_tensor(list(sampler))
     return list(drawn.split(size))
-
-
-def _train_keeping_batch_norm(embedder: Embedder) -> None:
-    """Training mode, but batch norm in eval mode: it normalises with its stored statistics."""
-    embedder.train()
-    for module in embedder.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()

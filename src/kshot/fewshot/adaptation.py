@@ -20,6 +20,7 @@ from kshot.embedder.checkpoint import load_checkpoint
 from kshot.embedder.inference import load_pixels
 from kshot.errors import KshotError
 from kshot.fewshot.library import EnrollReport, Library
+from kshot.fewshot.rules.base import class_means
 from kshot.fewshot.store import MODEL, check_new_library_path
 
 # Photos of one class that train: 80 steps of 32 photos see ~2,600, so more would only cost
@@ -78,7 +79,7 @@ def adapt_library(
             f"no photo of {', '.join(lost)} could be read from where it was enrolled ({example}): "
             "restore them, or `kshot forget` the class first"
         )
-    prototypes = _prototypes(entries.vectors[rows], codes, len(classes))
+    prototypes = class_means(entries.vectors[rows], codes, len(classes)).astype(np.float32)
     embedder = embedder.to(library.device)
     report.losses = adapt_embedder(embedder, pixels, codes, prototypes, config, on_step)
     report.trained = len(rows)
@@ -101,10 +102,3 @@ def adapt_library(
     # The library held these pairs, the same bytes under two labels too if it was asked to.
     report.enrolled = adapted.enroll(items, on_progress=on_enrolled, allow_relabel=True)
     return report
-
-
-def _prototypes(vectors: np.ndarray, codes: np.ndarray, count: int) -> np.ndarray:
-    """``(count, D)`` unit class means of the library's own embeddings of the training photos."""
-    sums = np.zeros((count, vectors.shape[1]), np.float64)
-    np.add.at(sums, codes, vectors)
-    return (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
