@@ -67,3 +67,24 @@ def test_bytes_the_library_held_under_two_labels_stay_under_both(kshot, tmp_path
     out = tmp_path / "adapted"
     kshot("adapt", enrolled, "--out", out, "--steps", "1", "--batch-size", "4")
     assert dict(Library.open(out, device="cpu").classes()) == {"bars": 3, "blob": 4, "corner": 3}
+
+
+def test_a_photo_replaced_by_other_bytes_is_named_and_left_out(kshot, tmp_path, enrolled, images):
+    replaced = images["bars"][0]
+    replaced.write_bytes(images["blob"][3].read_bytes())  # another photo under the same name
+    out = tmp_path / "adapted"
+    output = kshot("adapt", enrolled, "--out", out, "--steps", "2", "--batch-size", "4", code=3)
+    assert f"{replaced}: is no longer the photo enrolled as 'bars'" in output.output
+    assert "trained on 8 photos" in output.output
+    assert Library.open(out, device="cpu").classes() == [("bars", 2), ("blob", 3), ("corner", 3)]
+
+
+def test_a_class_whose_photos_all_changed_stops_before_any_write(kshot, tmp_path, enrolled, images):
+    for path in images["corner"][:3]:
+        path.write_bytes(images["blob"][3].read_bytes())
+    out = tmp_path / "adapted"
+    output = kshot("adapt", enrolled, "--out", out, "--steps", "1", code=1).output
+    assert (
+        "no photo of corner could be read, unchanged" in output and "no longer the photo" in output
+    )
+    assert not out.exists()

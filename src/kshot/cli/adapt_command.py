@@ -35,8 +35,8 @@ def adapt(
     bound to the adapted model. The library given is only read.
 
     New classes enrolled from a few photos gain most. The photos are read again from where they
-    were enrolled; those that moved are named and left out. Compare the two libraries on photos
-    neither holds (`kshot evaluate`) before you switch."""
+    were enrolled; those that moved or whose bytes changed are named and left out. Compare the
+    two libraries on photos neither holds (`kshot evaluate`) before you switch."""
     from kshot.fewshot.adaptation import adapt_library
     from kshot.fewshot.library import Library
 

@@ -2,8 +2,10 @@
 (:mod:`kshot.embedder.adapt`), and a new library built with that model from the same photos.
 
 The library it starts from is only read. Its photos are read again from the paths they were
-enrolled from, so those that moved or are unreadable are named and left out; the new library
-has the same classes, decision settings, index kind, test-time views and precision.
+enrolled from, so those that moved, are unreadable or whose bytes are no longer those enrolled
+(another photo saved under the same name) are named and left out, neither trained on nor
+enrolled under a label that was given to other bytes; the new library has the same classes,
+decision settings, index kind, test-time views and precision.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import numpy as np
 from kshot.embedder.adapt import adapt_embedder
 from kshot.embedder.adapt_config import AdaptConfig
 from kshot.embedder.checkpoint import load_checkpoint
+from kshot.embedder.images import file_sha256
 from kshot.embedder.inference import load_pixels
-from kshot.errors import KshotError
+from kshot.errors import InputError, KshotError
 from kshot.fewshot.library import EnrollReport, Library
 from kshot.fewshot.rules.base import class_means
 from kshot.fewshot.store import MODEL, check_new_library_path
@@ -65,20 +68,19 @@ def adapt_library(
     if len(set(entries.labels)) < 2:
         raise KshotError(f"{library.root}: adapting needs a library of at least 2 classes")
     report = AdaptReport()
-    chosen, classes = training_photos(entries.labels, most_per_class, config.seed)
+    usable, changed = _unchanged(entries)
+    _refuse_lost_class(entries.labels, usable, changed)
+    chosen, classes = training_photos(
+        [entries.labels[i] for i in usable], most_per_class, config.seed
+    )
+    chosen = usable[chosen]
     embedder, info = load_checkpoint(library.root / MODEL)
     pixels, kept, failed = load_pixels(
         embedder.config.preprocess, [entries.sources[i] for i in chosen]
     )
     rows = chosen[kept]
+    _refuse_lost_class(entries.labels, rows, changed + [(chosen[j], e) for j, e in failed])
     codes = np.searchsorted(classes, np.asarray(entries.labels)[rows])
-    if len(np.unique(codes)) < len(classes):
-        lost = sorted(set(classes) - {classes[c] for c in codes})
-        example = next(e for i, e in failed if entries.labels[chosen[i]] == lost[0])
-        raise KshotError(
-            f"no photo of {', '.join(lost)} could be read from where it was enrolled ({example}): "
-            "restore them, or `kshot forget` the class first"
-        )
     prototypes = class_means(entries.vectors[rows], codes, len(classes)).astype(np.float32)
     embedder = embedder.to(library.device)
     report.losses = adapt_embedder(embedder, pixels, codes, prototypes, config, on_step)
@@ -98,7 +100,39 @@ def adapt_library(
         tta=manifest.tta,
         precision=manifest.precision,
     )
-    items = list(zip(map(Path, entries.sources), entries.labels, strict=True))
+    items = [(Path(entries.sources[i]), entries.labels[i]) for i in usable]
     # The library held these pairs, the same bytes under two labels too if it was asked to.
     report.enrolled = adapted.enroll(items, on_progress=on_enrolled, allow_relabel=True)
+    report.enrolled.errors[:0] = [error for _, error in changed]
     return report
+
+
+def _unchanged(entries) -> tuple[np.ndarray, list[tuple[int, InputError]]]:
+    """Indices of the entries whose source still holds the bytes enrolled (or cannot be read:
+    reading it names why), and ``(index, error)`` for each of the others."""
+    usable, changed = [], []
+    for i, (source, enrolled) in enumerate(zip(entries.sources, entries.sha256, strict=True)):
+        digest = file_sha256(source)
+        if digest is None or digest == enrolled:
+            usable.append(i)
+        else:
+            reason = (
+                f"is no longer the photo enrolled as {entries.labels[i]!r} (its bytes changed), "
+                "so it was left out; enroll it again if its label is right"
+            )
+            changed.append((i, InputError(source, reason)))
+    return np.asarray(usable, dtype=np.int64), changed
+
+
+def _refuse_lost_class(
+    labels: list[str], rows: np.ndarray, problems: list[tuple[int, InputError]]
+) -> None:
+    """Stop before anything is written if a class has no photo to train on: ``rows`` are the
+    entries that train, ``problems`` why others cannot (entry index, error)."""
+    lost = sorted(set(labels) - {labels[i] for i in rows})
+    if lost:
+        example = next(error for i, error in problems if labels[i] == lost[0])
+        raise KshotError(
+            f"no photo of {', '.join(lost)} could be read, unchanged, from where it was enrolled "
+            f"({example}): restore them, or `kshot forget` the class first"
+        )

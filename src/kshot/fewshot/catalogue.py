@@ -43,12 +43,14 @@ class NewImage:
 
 @dataclass(frozen=True)
 class Entries:
-    """Rows of the catalogue: ``ids (n,)``, ``labels`` and ``sources`` (n strings each: the class
-    and the path each image was enrolled from), ``vectors (n, dim)``."""
+    """Rows of the catalogue: ``ids (n,)``, ``labels``, ``sources`` and ``sha256`` (n strings
+    each: the class, the path each image was enrolled from and its bytes' digest then),
+    ``vectors (n, dim)``."""
 
     ids: np.ndarray
     labels: list[str]
     sources: list[str]
+    sha256: list[str]
     vectors: np.ndarray
 
 
@@ -372,11 +374,12 @@ class Catalogue:
         return np.array(kept, np.int64), self._vectors([found[i] for i in kept])
 
     def entries(self) -> Entries:
-        rows = self._query("SELECT id, label, vector, source FROM images ORDER BY id")
+        rows = self._query("SELECT id, label, vector, source, sha256 FROM images ORDER BY id")
         return Entries(
             ids=np.array([r[0] for r in rows], dtype=np.int64),
             labels=[r[1] for r in rows],
             sources=[r[3] for r in rows],
+            sha256=[r[4] for r in rows],
             vectors=self._vectors([r[2] for r in rows]),
         )
 
