@@ -3,6 +3,7 @@
 import hashlib
 
 from kshot.embedder.checkpoint import load_checkpoint, model_hash
+from kshot.fewshot.evaluation import evaluate_library
 from kshot.fewshot.library import Library
 
 
@@ -87,4 +88,29 @@ def test_a_class_whose_photos_all_changed_stops_before_any_write(kshot, tmp_path
     assert (
         "no photo of corner could be read, unchanged" in output and "no longer the photo" in output
     )
+    assert not out.exists()
+
+
+def test_check_asks_both_libraries_the_photos_neither_holds(kshot, tmp_path, enrolled, images):
+    out = tmp_path / "adapted"
+    args = ("adapt", enrolled, "--out", out, "--steps", "2", "--batch-size", "4")
+    output = kshot(*args, "--check", tmp_path / "images").output
+    assert "9 of the photos in" in output and "left out of the check" in output
+    old, new = Library.open(enrolled, device="cpu"), Library.open(out, device="cpu")
+    unseen = [(paths[3], name) for name, paths in images.items()]
+    before = evaluate_library(old, unseen)["accuracy"]
+    after = evaluate_library(new, unseen)["accuracy"]
+    assert f"on 3 photos of {tmp_path / 'images'}" in output
+    assert f"{old.root} {before:.1%}, {new.root} {after:.1%}" in output
+    assert ("adapting lowered the accuracy" in output) == (after < before)
+
+
+def test_check_with_only_enrolled_photos_stops_before_training(kshot, tmp_path, enrolled, images):
+    folder = tmp_path / "enrolled-again"
+    for name, paths in images.items():
+        (folder / name).mkdir(parents=True)
+        (folder / name / "copy.png").write_bytes(paths[0].read_bytes())
+    out = tmp_path / "adapted"
+    output = kshot("adapt", enrolled, "--out", out, "--check", folder, code=1).output
+    assert "3 of the photos in" in output and "is enrolled: check with photos neither" in output
     assert not out.exists()

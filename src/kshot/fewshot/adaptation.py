@@ -22,6 +22,7 @@ from kshot.embedder.checkpoint import load_checkpoint
 from kshot.embedder.images import file_sha256
 from kshot.embedder.inference import load_pixels
 from kshot.errors import InputError, KshotError
+from kshot.fewshot.evaluation import evaluate_library
 from kshot.fewshot.library import EnrollReport, Library
 from kshot.fewshot.rules.base import class_means
 from kshot.fewshot.store import MODEL, check_new_library_path
@@ -36,6 +37,15 @@ class AdaptReport:
     trained: int = 0  # photos the model trained on (an unreadable one is named by ``enrolled``)
     losses: list[float] = field(default_factory=list)
     enrolled: EnrollReport | None = None
+
+
+@dataclass
+class AdaptCheck:
+    """Both libraries asked the same labelled photos, each with its own decision."""
+
+    queries: int  # photos of classes the libraries hold, asked
+    before: float  # top-1 accuracy of the library adapted from
+    after: float  # of the adapted library
 
 
 def training_photos(labels: list[str], most: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -136,3 +146,25 @@ def _refuse_lost_class(
             f"no photo of {', '.join(lost)} could be read, unchanged, from where it was enrolled "
             f"({example}): restore them, or `kshot forget` the class first"
         )
+
+
+def unseen_photos(
+    library: Library, items: list[tuple[Path, str]]
+) -> tuple[list[tuple[Path, str]], int]:
+    """Those of ``items`` (photo, label) whose bytes ``library`` does not hold, and how many it
+    holds: those trained the adapted model, so checking it on them would flatter it."""
+    held = set(library.entries().sha256)
+    fresh = [(path, label) for path, label in items if file_sha256(path) not in held]
+    return fresh, len(items) - len(fresh)
+
+
+def check_adapted(
+    before: Library,
+    after: Library,
+    queries: list[tuple[Path, str]],
+    on_progress: Callable[[int], None] | None = None,
+) -> AdaptCheck:
+    """Ask both libraries ``queries`` (photo, true label; see :func:`unseen_photos`) and compare
+    their accuracy on those of the classes they hold."""
+    old, new = (evaluate_library(lib, queries, on_progress=on_progress) for lib in (before, after))
+    return AdaptCheck(old["queries"], old["accuracy"], new["accuracy"])
