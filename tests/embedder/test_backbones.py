@@ -62,7 +62,11 @@ SMALLEST_INPUT = {"inception_v3": 75, "alexnet": 63}
 
 
 def test_registry_holds_the_seed_backbones():
-    multilevel = {"efficientnet_lite0_multilevel", "mobilenet_v2_multilevel"}
+    multilevel = {
+        f"{base}_{kind}"
+        for base in ("efficientnet_lite0", "mobilenet_v2")
+        for kind in ("multilevel", "bilinear")
+    }
     assert set(BACKBONES) == SEEDS | multilevel | {"efficientnet_lite0", "efficientnet_b0", "conv4"}
     assert all(spec.name == name for name, spec in BACKBONES.items())
 

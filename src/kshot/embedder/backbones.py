@@ -205,41 +205,54 @@ def _conv4() -> BackboneSpec:
 
 
 def _multilevel(
-    spec: BackboneSpec, levels: Callable[[nn.Module], list[nn.Module]], widths: tuple[int, ...]
+    spec: BackboneSpec,
+    levels: Callable[[nn.Module], list[nn.Module]],
+    widths: tuple[int, ...],
+    bilinear: bool = False,
 ) -> BackboneSpec:
     """``spec`` with multi-level features (``kshot.embedder.multilevel``), as ``NAME_multilevel``:
     ``levels`` picks the blocks of a built model whose pooled outputs join its features,
-    ``widths`` are their channel counts."""
+    ``widths`` are their channel counts. ``bilinear``: the first level is also pooled to second
+    order (``kshot.embedder.second_order``), as ``NAME_bilinear``."""
     from dataclasses import replace
 
     from kshot.embedder.multilevel import attach_levels
+    from kshot.embedder.second_order import SecondOrderPool
 
     def strip_and_attach(model: nn.Module) -> None:
         spec.strip_classifier(model)
-        attach_levels(model, levels(model))
+        blocks = levels(model)
+        if bilinear:
+            pools = [None] * len(blocks) + [SecondOrderPool(widths[0])]
+            attach_levels(model, [*blocks, blocks[0]], pools)
+        else:
+            attach_levels(model, blocks)
 
+    extra = SecondOrderPool(widths[0]).out_dim if bilinear else 0
     return replace(
         spec,
-        name=f"{spec.name}_multilevel",
-        feature_dim=lambda config: spec.feature_dim(config) + sum(widths),
+        name=f"{spec.name}_{'bilinear' if bilinear else 'multilevel'}",
+        feature_dim=lambda config: spec.feature_dim(config) + sum(widths) + extra,
         strip_classifier=strip_and_attach,
     )
 
 
 _LITE0 = _efficientnet_lite0()
 _MOBILENET_V2 = _mobilenet_v2()
+# The last blocks of the stride-16 stage (112 channels) and of the last stage (320).
+_LITE0_LEVELS = (lambda model: [model._blocks[10], model._blocks[15]], (112, 320))
+# Likewise: the end of the stride-16 stage (96) and the last inverted residual (320).
+_MOBILENET_V2_LEVELS = (lambda model: [model.features[13], model.features[17]], (96, 320))
 
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
         _LITE0,
-        # The last blocks of the stride-16 stage (112 channels) and of the last stage (320).
-        _multilevel(_LITE0, lambda model: [model._blocks[10], model._blocks[15]], (112, 320)),
+        _multilevel(_LITE0, *_LITE0_LEVELS),
+        _multilevel(_LITE0, *_LITE0_LEVELS, bilinear=True),
         _MOBILENET_V2,
-        # Likewise: the end of the stride-16 stage (96) and the last inverted residual (320).
-        _multilevel(
-            _MOBILENET_V2, lambda model: [model.features[13], model.features[17]], (96, 320)
-        ),
+        _multilevel(_MOBILENET_V2, *_MOBILENET_V2_LEVELS),
+        _multilevel(_MOBILENET_V2, *_MOBILENET_V2_LEVELS, bilinear=True),
         _torchvision("mobilenet_v3_large", 960, "classifier"),
         _torchvision("efficientnet_b0", 1280, "classifier.1"),
         _torchvision("efficientnet_b3", 1536, "classifier.1"),

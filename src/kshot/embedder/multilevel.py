@@ -20,26 +20,36 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def attach_levels(model: nn.Module, levels: list[nn.Module]) -> nn.Module:
-    """Make ``model`` (pooled features ``(N, D)``) return ``(N, D + sum of level channels)``:
-    each of ``levels``' outputs ``(N, C_i, H, W)`` averaged over H and W, every part
-    L2-normalised, the final features first."""
-    captured: list[torch.Tensor] = []
+def attach_levels(
+    model: nn.Module, levels: list[nn.Module], pools: list[nn.Module | None] | None = None
+) -> nn.Module:
+    """Make ``model`` (pooled features ``(N, D)``) return ``(N, D + sum of level widths)``: each
+    of ``levels``' outputs ``(N, C_i, H, W)`` pooled by ``pools[i]`` (``None``, the default:
+    averaged over H and W, width C_i), every part L2-normalised, the final features first, then
+    the levels in the order given. A module may be given twice, pooled two ways."""
+    pools = pools or [None] * len(levels)
+    captured: dict[int, torch.Tensor] = {}
 
-    def keep(module, inputs, output):
-        captured.append(output.mean(dim=(2, 3)))
+    def keep(index: int, pool: nn.Module | None):
+        def hook(module, inputs, output):
+            captured[index] = output.mean(dim=(2, 3)) if pool is None else pool(output)
+
+        return hook
 
     def join(module, inputs, output):
         parts = [F.normalize(output.flatten(1), dim=1)]
-        parts += [F.normalize(part, dim=1) for part in captured]
+        parts += [F.normalize(captured[i], dim=1) for i in range(len(levels))]
         captured.clear()
         return torch.cat(parts, dim=1)
 
     def reset(module, inputs):
         captured.clear()
 
-    for level in levels:
-        level.register_forward_hook(keep)
+    for index, (level, pool) in enumerate(zip(levels, pools, strict=True)):
+        level.register_forward_hook(keep(index, pool))
+    if any(pool is not None for pool in pools):  # they move with the model; nothing saved
+        device = next(model.parameters()).device
+        model.level_pools = nn.ModuleList([pool for pool in pools if pool is not None]).to(device)
     model.register_forward_pre_hook(reset)
     model.register_forward_hook(join)
     return model

@@ -1,0 +1,44 @@
+"""Second-order (bilinear) pooling of a feature map: the mean outer product of its channel
+vectors over the positions, after a fixed random projection of the channels.
+
+Mean pooling keeps how strongly each channel fired over the image; a disease's texture (spots
+with a halo, rings, mould along the veins) is also which channels fire *together* at one place,
+which the channels' Gram matrix keeps (bilinear CNNs, Lin et al. 2015). The channels are first
+projected to ``dim`` by a fixed Gaussian matrix (the simplest of the compact bilinear poolings of
+Gao et al. 2016), so a 112-channel map gives 2,080 numbers, not 6,328; then each entry takes a
+signed square root, which keeps a few strong co-activations from drowning the rest (Lin et al.).
+Measured with no training: 15-way 5-shot on new PlantVillage classes and 20-way 5-shot on
+Omniglot both gained 2-3 points (BENCHMARKS.md).
+
+Neither torch, torchvision nor timm has this pooling (timm's adaptive pools are average and max),
+so it is written here. The projection is drawn from a seeded torch generator and is not saved
+in model files (so pretrained and saved state dicts load unchanged); a test pins its values.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Keeps the square root's gradient finite at 0 (1 / (2 sqrt(EPS))).
+EPS = 1e-6
+
+
+class SecondOrderPool(nn.Module):
+    """``(N, C, H, W)`` -> ``(N, dim (dim + 1) / 2)``: the upper triangle of the projected
+    channels' mean outer product, signed square root of each entry."""
+
+    def __init__(self, channels: int, dim: int = 64, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        projection = torch.randn(channels, dim, generator=generator) / dim**0.5
+        rows, cols = torch.triu_indices(dim, dim)
+        self.register_buffer("projection", projection, persistent=False)
+        self.register_buffer("upper", rows * dim + cols, persistent=False)
+        self.out_dim = len(rows)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        x = maps.float().flatten(2).transpose(1, 2) @ self.projection  # (N, H W, dim)
+        gram = x.transpose(1, 2) @ x / x.shape[1]  # (N, dim, dim)
+        upper = gram.flatten(1)[:, self.upper]
+        return torch.sign(upper) * torch.sqrt(upper.abs() + EPS)
