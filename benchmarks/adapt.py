@@ -3,10 +3,11 @@ its model.
 
 The 15 Tomato, Potato and Pepper classes of ``../shared/data/plantvillage-leaf38`` are enrolled
 from 1 or 5 photos each (a seeded draw from the photos that are not queries; every other photo
-of theirs is a query), in a library on ``--model`` (default: ``kshot init``'s default embedder).
-``--known N`` (default 20) also enrolls the first N photos of each of the 23 other crops'
-classes, as a user's library holds them ("in a library"; 0: the new classes alone); their other
-photos are queries too, to see whether adapting costs the classes the library already knew.
+of theirs is a query), in a library on ``--model`` or ``--backbone`` (default: ``kshot init``'s
+default embedder). ``--known N`` (default 20) also enrolls the first N photos of each of the 23
+other crops' classes, as a user's library holds them ("in a library"; 0: the new classes alone);
+their other photos are queries too, to see whether adapting costs the classes the library
+already knew.
 
 Each draw's library is adapted with ``kshot adapt``'s defaults (``adapt_library``) and both are
 asked every query with the library's own decision, no threshold (closed-set accuracy). Run on
@@ -94,7 +95,7 @@ def one_draw(args, data: Path, shots: int, known: int, seed: int, root: Path) ->
     draw = omniglot_draw if args.set == "omniglot" else plantvillage_draw
     enrolled, new_queries, known_queries = draw(data, shots, known, seed)
     if args.model is None:
-        embedder, info = embedder_from(None, default_embedder()[0], None, True)
+        embedder, info = embedder_from(None, args.backbone or default_embedder()[0], None, True)
     else:
         embedder, info = embedder_from(args.model, None, None, True)
     library = Library.create(root / "library", embedder, info, IndexSpec(), device="cpu")
@@ -114,7 +115,9 @@ def one_draw(args, data: Path, shots: int, known: int, seed: int, root: Path) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", choices=("plantvillage", "omniglot"), default="plantvillage")
-    parser.add_argument("--model", type=Path, help="a kshot model file (default: the default)")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--model", type=Path, help="a kshot model file (default: the default)")
+    chosen.add_argument("--backbone", help="an untrained backbone (default: the default's)")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--known", type=int, nargs="+", default=[0, 20])
