@@ -232,11 +232,12 @@ def test_embed_writes_vectors_and_labels(kshot, library, images, tmp_path):
 def test_backbones_lists_the_registry(kshot):
     lines = kshot("backbones").output.splitlines()
     assert lines[0].startswith("efficientnet_lite0")
-    assert lines[-1] == f"default for kshot init and kshot train: {default_embedder()[0]}"
+    assert lines[-2] == f"default for kshot init: {default_embedder()[0]}"
+    assert lines[-1] == f"default for kshot train: {default_embedder(training=True)[0]}"
     assert any(line.startswith("conv4") for line in lines)
     assert any(line.startswith("inception_v3 ") for line in lines)
     assert any(line.startswith("timm:vit_small_patch14_dinov2") for line in lines)
-    assert len(lines) == len(listed_backbones()) + 1
+    assert len(lines) == len(listed_backbones()) + 2
 
 
 def test_backbones_details_add_parameters_and_gflops(kshot, monkeypatch):
@@ -244,6 +245,6 @@ def test_backbones_details_add_parameters_and_gflops(kshot, monkeypatch):
 
     monkeypatch.setattr(backbone_info, "listed_backbones", lambda: ["resnet50", "conv4"])
     lines = kshot("backbones", "--details").output.splitlines()
-    assert len(lines) == 3  # and the default
+    assert len(lines) == 4  # and the two defaults
     assert "23.5M params" in lines[0] and "8.2 GFLOPs" in lines[0]
     assert "trained from scratch" in lines[1]

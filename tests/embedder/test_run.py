@@ -58,7 +58,8 @@ def test_no_backbone_means_the_default_embedder(monkeypatch):
     from kshot.embedder import run
     from kshot.embedder.recipe import TrainConfig
 
-    monkeypatch.setattr(run, "default_embedder", lambda: ("a+b", None))
+    trained = {True: ("a+b", None), False: ("c+d", None)}  # kshot train's, kshot init's
+    monkeypatch.setattr(run, "default_embedder", lambda training=False: trained[training])
     assert TrainConfig().backbone is None
     assert run.resolve_backbone(TrainConfig()).backbone == "a+b"
     assert run.resolve_backbone(TrainConfig(backbone="conv4")).backbone == "conv4"
@@ -68,7 +69,7 @@ def test_the_default_embedder_s_fallback_is_said(monkeypatch, caplog):
     from kshot.embedder import run
     from kshot.embedder.recipe import TrainConfig
 
-    monkeypatch.setattr(run, "default_embedder", lambda: ("a", "b's weights are missing"))
+    monkeypatch.setattr(run, "default_embedder", lambda training: ("a", "b's weights are missing"))
     with caplog.at_level(logging.WARNING, logger="kshot"):
         assert run.resolve_backbone(TrainConfig()).backbone == "a"
     assert "b's weights are missing" in caplog.text

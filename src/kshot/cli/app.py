@@ -248,7 +248,8 @@ def backbones(
             f"  {info.parameters / 1e6:6.1f}M params {info.gflops:6.1f} GFLOPs" if details else ""
         )
         typer.echo(f"{name:<42} {size}{extra}  {weights}")
-    typer.echo(f"default for kshot init and kshot train: {default_embedder()[0]}")
+    typer.echo(f"default for kshot init: {default_embedder()[0]}")
+    typer.echo(f"default for kshot train: {default_embedder(training=True)[0]}")
 
 
 @command

@@ -69,7 +69,8 @@ def weights_present(name: str) -> str:
     spec = get_backbone(name)
     if spec.pretrained is None:
         return "none"
-    base = name.removesuffix("_multilevel")  # a multi-level backbone has its base's weights
+    # a multi-level or bilinear backbone has its base's weights
+    base = name.removesuffix("_multilevel").removesuffix("_bilinear")
     if base == "efficientnet_lite0":
         return "installed"
     from torchvision.models import get_model_weights

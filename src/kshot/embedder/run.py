@@ -60,12 +60,12 @@ def default_holdout_classes(classes: int) -> int:
 
 
 def resolve_backbone(config: TrainConfig) -> TrainConfig:
-    """``config`` with its backbone named: with none given, ``kshot init``'s default embedder,
-    which scored best on new classes both untrained and trained (BENCHMARKS.md, issue 9), and
-    a notice when it falls back for want of MobileNetV2's weights."""
+    """``config`` with its backbone named: with none given, the ensemble that scored best on new
+    classes after training (BENCHMARKS.md, issue 9), and a notice when it falls back for want of
+    MobileNetV2's weights."""
     if config.backbone is not None:
         return config
-    backbone, notice = default_embedder()
+    backbone, notice = default_embedder(training=True)
     if notice:
         log.warning("%s", notice)
     return dataclasses.replace(config, backbone=backbone)
