@@ -41,3 +41,11 @@ def test_the_projection_is_fixed_by_its_seed_and_not_saved():
 
 
 PINNED = [-1.1258, -1.1524, -0.2506]  # torch.manual_seed(0); torch.randn(3)
+
+
+def test_bf16_autocast_leaves_the_pooling_in_fp32():
+    pool, maps = SecondOrderPool(channels=8, dim=4), torch.randn(2, 8, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled = pool(maps.bfloat16())
+    assert pooled.dtype == torch.float32
+    torch.testing.assert_close(pooled, pool(maps.bfloat16().float()))
