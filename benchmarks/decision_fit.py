@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kshot.embedder.backbones import DEFAULT_EMBEDDER
 from kshot.fewshot.decider import Decider, DecisionSettings
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "plantvillage-leaf38"
-BACKBONE = "efficientnet_lite0_multilevel+mobilenet_v2_multilevel"
 
 
 def embeddings(backbone: str, cache: Path | None) -> tuple[np.ndarray, list[str]]:
@@ -46,7 +46,7 @@ def embeddings(backbone: str, cache: Path | None) -> tuple[np.ndarray, list[str]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default=BACKBONE)
+    parser.add_argument("--backbone", default=DEFAULT_EMBEDDER)
     parser.add_argument("--cache", type=Path, help="npz of the embeddings, made if missing")
     parser.add_argument("--photos", type=int, help="fit on the first N photos (a few shots)")
     parser.add_argument("--repeats", type=int, default=3)
