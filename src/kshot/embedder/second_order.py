@@ -18,6 +18,8 @@ in model files (so pretrained and saved state dicts load unchanged); a test pins
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -40,8 +42,16 @@ class SecondOrderPool(nn.Module):
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         # in fp32 under bf16 autocast too: sums of 196 products lose small entries in bf16
-        with torch.autocast(maps.device.type, enabled=False):
+        with _without_autocast(maps.device.type):
             x = maps.float().flatten(2).transpose(1, 2) @ self.projection  # (N, H W, dim)
             gram = x.transpose(1, 2) @ x / x.shape[1]  # (N, dim, dim)
         upper = gram.flatten(1)[:, self.upper]
         return torch.sign(upper) * torch.sqrt(upper.abs() + EPS)
+
+
+def _without_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off where it is on (the meta device, where shapes are worked out, has
+    none)."""
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
