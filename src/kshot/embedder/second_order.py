@@ -27,6 +27,11 @@ from torch import nn
 EPS = 1e-6
 
 
+def second_order_width(dim: int = 64) -> int:
+    """Numbers :class:`SecondOrderPool` gives for ``dim`` projected channels: the upper triangle."""
+    return dim * (dim + 1) // 2
+
+
 class SecondOrderPool(nn.Module):
     """``(N, C, H, W)`` -> ``(N, dim (dim + 1) / 2)``: the upper triangle of the projected
     channels' mean outer product, signed square root of each entry."""
@@ -38,7 +43,7 @@ class SecondOrderPool(nn.Module):
         rows, cols = torch.triu_indices(dim, dim)
         self.register_buffer("projection", projection, persistent=False)
         self.register_buffer("upper", rows * dim + cols, persistent=False)
-        self.out_dim = len(rows)
+        self.out_dim = second_order_width(dim)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         # in fp32 under bf16 autocast too: sums of 196 products lose small entries in bf16
