@@ -2,7 +2,7 @@
 
 import torch
 
-from kshot.embedder.second_order import EPS, SecondOrderPool
+from kshot.embedder.second_order import EPS, SecondOrderPool, drawn_tensors
 
 
 def test_pooling_against_a_direct_computation():
@@ -28,14 +28,14 @@ def test_channels_that_fire_together_are_told_from_channels_that_fire_apart():
     assert not torch.allclose(pool(together), pool(apart), atol=1e-3)
 
 
-def test_the_projection_is_fixed_by_its_seed_and_not_saved():
-    """Model files do not hold it: a change in torch's generator would change every embedding
-    of a library on these backbones, and this test would say so."""
+def test_the_projection_is_fixed_by_its_seed_and_saved():
+    """Drawn from a seeded torch generator, and saved in the state dict: a model file keeps the
+    projection its library embedded with even if a later torch draws another one."""
     pool = SecondOrderPool(channels=112, dim=64)
     again, other = SecondOrderPool(112, 64), SecondOrderPool(112, 64, seed=1)
     assert torch.equal(pool.projection, again.projection)
     assert not torch.equal(pool.projection, other.projection)
-    assert pool.state_dict() == {}
+    assert list(pool.state_dict()) == ["projection"]
     first = [round(v, 4) for v in (pool.projection[0, :3] * 8).tolist()]
     assert first == PINNED
 
@@ -49,3 +49,11 @@ def test_bf16_autocast_leaves_the_pooling_in_fp32():
         pooled = pool(maps.bfloat16())
     assert pooled.dtype == torch.float32
     torch.testing.assert_close(pooled, pool(maps.bfloat16().float()))
+
+
+def test_drawn_tensors_names_each_pool_s_projection_by_its_state_key():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), SecondOrderPool(4, dim=2))
+    drawn = drawn_tensors(model)
+    assert list(drawn) == ["1.projection"]
+    assert drawn["1.projection"] is model[1].projection
+    assert set(drawn) <= set(model.state_dict())

@@ -19,6 +19,7 @@ from torch import nn
 from kshot.embedder import mobilenet_v2_weights
 from kshot.embedder.conv4 import conv4, conv4_feature_dim
 from kshot.embedder.preprocess import PreprocessConfig
+from kshot.embedder.second_order import drawn_tensors
 from kshot.embedder.weights import load_state_dict_file, url_cache_file, url_state_dict
 from kshot.errors import KshotError
 
@@ -367,7 +368,8 @@ def build_backbone(
     """The backbone ``name`` returning pooled features, with ImageNet weights if ``pretrained``.
 
     ``weights_file`` (a state dict for the full classification model) replaces the download.
-    Weights load strictly, except the classifier: stripped first, it may be there or not.
+    Weights load strictly, except the classifier (stripped first, it may be there or not) and
+    what the model drew itself (a second-order pool's projection), kept where they lack it.
     """
     spec = get_backbone(name)
     model = spec.build(config)
@@ -390,7 +392,10 @@ def build_backbone(
         try:
             kept = OrderedDict((k, v) for k, v in state.items() if k not in classifier)
             kept._metadata = getattr(state, "_metadata", None)  # module versions (MNASNet's)
-            model.load_state_dict(_matching_keys(spec.fit_weights(kept, model), model))
+            fitted = spec.fit_weights(kept, model)
+            for key, drawn in drawn_tensors(model).items():
+                fitted.setdefault(key, drawn)
+            model.load_state_dict(_matching_keys(fitted, model))
         except ValueError as exc:
             raise KshotError(f"{source} does not fit {name}: {exc}") from None
         except RuntimeError as exc:

@@ -17,6 +17,7 @@ import torch
 
 from kshot.atomic import atomic_path
 from kshot.embedder.model import Embedder, EmbedderConfig, build_embedder
+from kshot.embedder.second_order import drawn_tensors
 from kshot.embedder.weights import read_torch_file
 from kshot.errors import KshotError
 
@@ -63,6 +64,12 @@ def load_checkpoint(path: Path) -> tuple[Embedder, dict]:
     try:
         config = EmbedderConfig.from_dict(payload["config"])
         embedder = build_embedder(config, pretrained=False)
+        if set(drawn_tensors(embedder)) - set(payload["state_dict"]):
+            raise KshotError(
+                f"{path}: a {config.backbone} model file saved before kshot kept the "
+                "second-order projection in it, so what it embeds cannot be checked; build its "
+                "library again (kshot init, kshot enroll)"
+            )
         embedder.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise KshotError(f"{path}: damaged model file ({exc})") from None

@@ -9,7 +9,8 @@ few-shot), lifted EfficientNet-Lite0's 15-way 5-shot accuracy on new PlantVillag
 the measurement.
 
 The levels are read with forward hooks, so the wrapped model keeps its own parameter names: its
-pretrained and saved state dicts load unchanged. One model object must not run two forward passes
+pretrained state dicts load unchanged (a pool's drawn projection, which they lack, is filled in by
+``build_backbone``). One model object must not run two forward passes
 at once from two threads (the hooks share one buffer).
 """
 
@@ -47,7 +48,7 @@ def attach_levels(
 
     for index, (level, pool) in enumerate(zip(levels, pools, strict=True)):
         level.register_forward_hook(keep(index, pool))
-    if any(pool is not None for pool in pools):  # they move with the model; nothing saved
+    if any(pool is not None for pool in pools):  # they move and are saved with the model
         device = next(model.parameters()).device
         model.level_pools = nn.ModuleList([pool for pool in pools if pool is not None]).to(device)
     model.register_forward_pre_hook(reset)

@@ -12,8 +12,10 @@ setting measured on new PlantVillage classes and on Omniglot (BENCHMARKS.md, "Se
 features").
 
 Neither torch, torchvision nor timm has this pooling (timm's adaptive pools are average and max),
-so it is written here. The projection is drawn from a seeded torch generator and is not saved
-in model files (so pretrained and saved state dicts load unchanged); a test pins its values.
+so it is written here. The projection is drawn from a seeded torch generator when the model is
+built, then saved in its model file like a weight: a library keeps the projection it embedded
+with, whatever a later torch draws, and the library's model hash covers it. Pretrained weights
+do not hold it; :func:`drawn_tensors` gives what the loader fills in for them.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class SecondOrderPool(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         projection = torch.randn(channels, dim, generator=generator) / dim**0.5
         rows, cols = torch.triu_indices(dim, dim)
-        self.register_buffer("projection", projection, persistent=False)
+        self.register_buffer("projection", projection)
         self.register_buffer("upper", rows * dim + cols, persistent=False)
         self.out_dim = second_order_width(dim)
 
@@ -60,3 +62,13 @@ def _without_autocast(device_type: str) -> contextlib.AbstractContextManager:
     if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
+
+
+def drawn_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state entries of ``model`` that its own :class:`SecondOrderPool` modules drew, by
+    state-dict key: weights from elsewhere (ImageNet's) cannot hold them."""
+    return {
+        f"{name}.projection": module.projection
+        for name, module in model.named_modules()
+        if isinstance(module, SecondOrderPool)
+    }
