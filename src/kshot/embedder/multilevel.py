@@ -9,9 +9,9 @@ few-shot), lifted EfficientNet-Lite0's 15-way 5-shot accuracy on new PlantVillag
 the measurement.
 
 The levels are read with forward hooks, so the wrapped model keeps its own parameter names: its
-pretrained state dicts load unchanged (a pool's drawn projection, which they lack, is filled in by
-``build_backbone``). One model object must not run two forward passes
-at once from two threads (the hooks share one buffer).
+pretrained state dicts load unchanged (a pool's drawn projection, which they lack, is filled in
+by ``build_backbone``). One model object must not run two forward passes at once from two
+threads (the hooks share one buffer).
 """
 
 from __future__ import annotations
