@@ -19,7 +19,7 @@ from torch import nn
 from kshot.embedder import mobilenet_v2_weights
 from kshot.embedder.conv4 import conv4, conv4_feature_dim
 from kshot.embedder.preprocess import PreprocessConfig
-from kshot.embedder.second_order import drawn_tensors
+from kshot.embedder.second_order import SecondOrderPool, drawn_tensors, second_order_width
 from kshot.embedder.weights import load_state_dict_file, url_cache_file, url_state_dict
 from kshot.errors import KshotError
 
@@ -221,7 +221,6 @@ def _multilevel(
     from dataclasses import replace
 
     from kshot.embedder.multilevel import attach_levels
-    from kshot.embedder.second_order import SecondOrderPool, second_order_width
 
     def strip_and_attach(model: nn.Module) -> None:
         spec.strip_classifier(model)
