@@ -38,7 +38,7 @@ import torch
 
 from kshot.cli.embedders import embedder_from
 from kshot.embedder.adapt_config import AdaptConfig
-from kshot.embedder.backbones import default_embedder
+from kshot.embedder.default_backbones import default_embedder
 from kshot.fewshot.adaptation import adapt_library
 from kshot.fewshot.library import Library
 from kshot.index.vector_index import IndexSpec

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kshot.embedder.backbones import DEFAULT_EMBEDDER
+from kshot.embedder.default_backbones import DEFAULT_EMBEDDER
 from kshot.fewshot.decider import Decider, DecisionSettings
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "plantvillage-leaf38"

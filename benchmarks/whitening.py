@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kshot.embedder.backbones import DEFAULT_EMBEDDER
+from kshot.embedder.default_backbones import DEFAULT_EMBEDDER
 from kshot.embedder.inference import embed_files
 from kshot.embedder.model import EmbedderConfig, build_embedder
 from kshot.fewshot.decider import Decider, DecisionSettings

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kshot.embedder.backbone_info import listed_backbones
-from kshot.embedder.backbones import default_embedder
+from kshot.embedder.default_backbones import default_embedder
 from tests.cli.conftest import make_bomb, make_image
 
 

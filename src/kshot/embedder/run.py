@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kshot.embedder.backbones import default_embedder, get_backbone
+from kshot.embedder.backbones import get_backbone
 from kshot.embedder.checkpoint import save_checkpoint
+from kshot.embedder.default_backbones import default_embedder
 from kshot.embedder.distributed import Distributed, start_from_env, stop
 from kshot.embedder.ensemble import is_ensemble, normalization_error
 from kshot.embedder.interpolation import apply_interpolation
